@@ -1,0 +1,1 @@
+"""image-proxy-webhook: route private images through a vendor pull-through proxy."""

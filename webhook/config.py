@@ -1,0 +1,368 @@
+"""Settings from the YAML config file (DESIGN.md §4).
+
+Every key is camelCase as in Kubernetes and checked at start: an unknown key, a
+wrong type or a bad value stops the webhook with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+_T = TypeVar("_T")
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+# A registry host as it appears in an image reference: name[:port] or [v6]:port.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+_PATH = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+
+WEBHOOK_NAMESPACE_ENV = "POD_NAMESPACE"
+ALWAYS_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key and the problem."""
+
+
+class Mode(enum.StrEnum):
+    ONLINE = "online"
+    AIRGAP = "airgap"
+
+
+class Visibility(enum.StrEnum):
+    PUBLIC = "public"
+    PRIVATE = "private"
+    UNKNOWN = "unknown"
+
+
+class OnProbeFailure(enum.StrEnum):
+    PROXY = "proxy"
+    DIRECT = "direct"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    match: str  # glob on the normalised "domain/path"
+    visibility: Visibility
+
+    def matches(self, repository: str) -> bool:
+        return fnmatch.fnmatchcase(repository, self.match)
+
+
+@dataclass(frozen=True, slots=True)
+class VisibilitySettings:
+    overrides: tuple[Override, ...] = ()
+    on_probe_failure: OnProbeFailure = OnProbeFailure.PROXY
+    ttl_seconds: float = 3600.0
+    failure_ttl_seconds: float = 30.0
+    cache_size: int = 10000
+
+    def override_for(self, repository: str) -> Visibility | None:
+        """The first override whose glob matches the normalised "domain/path"."""
+        for override in self.overrides:
+            if override.matches(repository):
+                return override.visibility
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    timeout_seconds: float = 2.0
+    insecure_registries: frozenset[str] = frozenset()
+    allow_private_networks: bool = False
+    max_concurrent: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class AirgapSettings:
+    registry: str = ""
+    namespace: str = ""
+    username: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 8443
+    health_port: int = 8080
+    cert_file: str = ""
+    key_file: str = ""
+    admission_deadline_seconds: float = 8.0
+    shutdown_timeout_seconds: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    app_slug: str
+    license_id: str = ""
+    license_id_file: str = ""
+    proxy_domain: str = "proxy.replicated.com"
+    registry_domain: str = "registry.replicated.com"
+    pull_secret_name: str = ""
+    namespaces: tuple[str, ...] = ()
+    mode: Mode = Mode.ONLINE
+    airgap: AirgapSettings = field(default_factory=AirgapSettings)
+    visibility: VisibilitySettings = field(default_factory=VisibilitySettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    mutate_workloads: bool = False
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    @property
+    def secret_name(self) -> str:
+        return self.pull_secret_name or f"{self.app_slug}-registry"
+
+    @property
+    def all_namespaces(self) -> bool:
+        return "*" in self.namespaces
+
+    def covers(self, namespace: str, webhook_namespace: str = "") -> bool:
+        """Whether Pods in this namespace are mutated at all."""
+        if namespace in ALWAYS_EXCLUDED_NAMESPACES or (
+            webhook_namespace and namespace == webhook_namespace
+        ):
+            return False
+        return self.all_namespaces or namespace in self.namespaces
+
+
+UPSTREAM_REGISTRY_DOMAIN = "registry.replicated.com"
+
+
+# --- parsing ---------------------------------------------------------------
+
+
+class _Section:
+    """Reads one mapping of the config, tracking which keys were used."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {_kind(data)}")
+        self.data: Mapping[str, Any] = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type[_T], default: _T) -> _T:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                f"{self.key(name)}: expected {kind.__name__}, got {_kind(value)} ({value!r})"
+            )
+        return value
+
+    def choice(self, name: str, kind: Callable[[str], _T], default: _T, choices: str) -> _T:
+        raw = self.get(name, str, "")
+        if raw == "":
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{self.key(name)}: {raw!r} is not one of {choices}") from None
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        values = self.get(name, list, [])
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise ConfigError(f"{self.key(name)}[{index}]: expected str, got {_kind(value)}")
+        return tuple(values)
+
+    def section(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name), self.key(name))
+
+    def done(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise ConfigError(
+                f"{self.where or 'config'}: unknown key {unknown[0]!r} (known keys: {known})"
+            )
+
+
+def _kind(value: object) -> str:
+    return {dict: "mapping", list: "list", str: "str", bool: "bool", int: "int", float: "float"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _positive(section: _Section, name: str, default: float) -> float:
+    value = section.get(name, float, default)
+    if value <= 0:
+        raise ConfigError(f"{section.key(name)}: must be greater than 0, got {value}")
+    return value
+
+
+def _port(section: _Section, name: str, default: int) -> int:
+    value = section.get(name, int, default)
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{section.key(name)}: {value} is not a TCP port (1-65535)")
+    return value
+
+
+def _host(section: _Section, name: str, default: str, *, required: bool = False) -> str:
+    value = section.get(name, str, default)
+    if not value and not required:
+        return value
+    if not _HOST.fullmatch(value):
+        raise ConfigError(f"{section.key(name)}: {value!r} is not a registry host (name[:port])")
+    return value
+
+
+def _overrides(section: _Section) -> tuple[Override, ...]:
+    section.used.add("overrides")
+    raw = section.data.get("overrides") or []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{section.key('overrides')}: expected list, got {_kind(raw)}")
+    result = []
+    for index, item in enumerate(raw):
+        entry = _Section(item, f"{section.key('overrides')}[{index}]")
+        match = entry.get("match", str, "")
+        if not match:
+            raise ConfigError(f"{entry.key('match')}: required")
+        visibility = entry.choice("visibility", Visibility, Visibility.UNKNOWN, "public, private")
+        if visibility is Visibility.UNKNOWN:
+            raise ConfigError(f"{entry.key('visibility')}: required, one of public, private")
+        entry.done()
+        result.append(Override(match, visibility))
+    return tuple(result)
+
+
+def parse(data: object) -> Settings:
+    """Build Settings from the parsed YAML document; raise ConfigError on any bad value."""
+    root = _Section(data, "")
+    slug = root.get("appSlug", str, "")
+    if not slug:
+        raise ConfigError("appSlug: required (the application slug, e.g. my-app)")
+    if not _DNS_LABEL.fullmatch(slug):
+        raise ConfigError(f"appSlug: {slug!r} must be a lower-case DNS label")
+    license_id = root.get("licenseID", str, "")
+    license_id_file = root.get("licenseIDFile", str, "")
+    if license_id and license_id_file:
+        raise ConfigError("licenseID and licenseIDFile: set one, not both")
+    pull_secret_name = root.get("pullSecretName", str, "")
+    if pull_secret_name and not _DNS_SUBDOMAIN.fullmatch(pull_secret_name):
+        raise ConfigError(f"pullSecretName: {pull_secret_name!r} is not a valid Secret name")
+    if len(f"{slug}-registry") > 253 and not pull_secret_name:
+        raise ConfigError("pullSecretName: the default '<appSlug>-registry' is too long")
+    namespaces = root.strings("namespaces") or (slug,)
+    for index, namespace in enumerate(namespaces):
+        if namespace != "*" and not _DNS_LABEL.fullmatch(namespace):
+            raise ConfigError(f"namespaces[{index}]: {namespace!r} is not a namespace name")
+    mode = root.choice("mode", Mode, Mode.ONLINE, "online, airgap")
+
+    a = root.section("airgap")
+    airgap = AirgapSettings(
+        registry=_host(a, "registry", ""),
+        namespace=a.get("namespace", str, ""),
+        username=a.get("username", str, ""),
+        password_file=a.get("passwordFile", str, ""),
+    )
+    if airgap.namespace and not _PATH.fullmatch(airgap.namespace):
+        raise ConfigError(
+            f"airgap.namespace: {airgap.namespace!r} is not a lower-case repository path"
+        )
+    a.done()
+    if mode is Mode.AIRGAP and not airgap.registry:
+        raise ConfigError("airgap.registry: required when mode is airgap")
+    if mode is Mode.ONLINE and not (license_id or license_id_file):
+        raise ConfigError("licenseID or licenseIDFile: required when mode is online")
+
+    v = root.section("visibility")
+    visibility = VisibilitySettings(
+        overrides=_overrides(v),
+        on_probe_failure=v.choice(
+            "onProbeFailure", OnProbeFailure, OnProbeFailure.PROXY, "proxy, direct, deny"
+        ),
+        ttl_seconds=_positive(v, "ttlSeconds", 3600.0),
+        failure_ttl_seconds=_positive(v, "failureTtlSeconds", 30.0),
+        cache_size=int(_positive(v, "cacheSize", 10000)),
+    )
+    v.done()
+
+    p = root.section("probe")
+    insecure = p.strings("insecureRegistries")
+    probe = ProbeSettings(
+        timeout_seconds=_positive(p, "timeoutSeconds", 2.0),
+        insecure_registries=frozenset(h.lower() for h in insecure),
+        allow_private_networks=p.get("allowPrivateNetworks", bool, False),
+        max_concurrent=int(_positive(p, "maxConcurrent", 32)),
+    )
+    p.done()
+
+    s = root.section("server")
+    server = ServerSettings(
+        host=s.get("host", str, "0.0.0.0"),
+        port=_port(s, "port", 8443),
+        health_port=_port(s, "healthPort", 8080),
+        cert_file=s.get("certFile", str, ""),
+        key_file=s.get("keyFile", str, ""),
+        admission_deadline_seconds=_positive(s, "admissionDeadlineSeconds", 8.0),
+        shutdown_timeout_seconds=_positive(s, "shutdownTimeoutSeconds", 15.0),
+    )
+    s.done()
+    if bool(server.cert_file) != bool(server.key_file):
+        raise ConfigError("server.certFile and server.keyFile: set both or neither")
+    if server.port == server.health_port:
+        raise ConfigError("server.healthPort: must differ from server.port")
+    if server.admission_deadline_seconds > 29:
+        raise ConfigError(
+            "server.admissionDeadlineSeconds: must stay below the webhook timeoutSeconds "
+            f"(at most 30), got {server.admission_deadline_seconds}"
+        )
+
+    settings = Settings(
+        app_slug=slug,
+        license_id=license_id,
+        license_id_file=license_id_file,
+        proxy_domain=_host(root, "proxyDomain", "proxy.replicated.com", required=True).lower(),
+        registry_domain=_host(
+            root, "registryDomain", UPSTREAM_REGISTRY_DOMAIN, required=True
+        ).lower(),
+        pull_secret_name=pull_secret_name,
+        namespaces=namespaces,
+        mode=mode,
+        airgap=airgap,
+        visibility=visibility,
+        probe=probe,
+        mutate_workloads=root.get("mutateWorkloads", bool, False),
+        server=server,
+    )
+    root.done()
+    return settings
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate the config file; ConfigError names the file on any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
