@@ -25,7 +25,9 @@ _HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
-_PATH = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_PATH = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
 
 WEBHOOK_NAMESPACE_ENV = "POD_NAMESPACE"
 ALWAYS_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
@@ -201,9 +203,14 @@ class _Section:
 
 
 def _kind(value: object) -> str:
-    return {dict: "mapping", list: "list", str: "str", bool: "bool", int: "int", float: "float"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        dict: "mapping",
+        list: "list",
+        str: "str",
+        bool: "bool",
+        int: "int",
+        float: "float",
+    }.get(type(value), type(value).__name__)
 
 
 def _positive(section: _Section, name: str, default: float) -> float:
