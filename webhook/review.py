@@ -1,0 +1,236 @@
+"""AdmissionReview v1 in and out (pure).
+
+Two error channels, as Kubernetes expects them: a request that is not a usable
+AdmissionReview raises ReviewError (the server answers HTTP 400); every policy
+outcome, a refusal included, is an AdmissionResponse.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+import jsonpatch
+
+from webhook import podspec
+from webhook.config import Settings
+from webhook.podspec import PodTemplate
+from webhook.policy import (
+    ORIGINAL_IMAGES_ANNOTATION,
+    Decision,
+    Request,
+    original_images_annotation,
+)
+
+API_VERSION = "admission.k8s.io/v1"
+AUDIT_ANNOTATION = "original-images"  # the API server prefixes it with the webhook name
+MUTATED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+
+
+class ReviewError(ValueError):
+    """The request body is not a usable AdmissionReview (HTTP 400)."""
+
+
+class Status(TypedDict):
+    code: int
+    message: str
+
+
+class PatchOp(TypedDict):
+    op: Literal["add", "replace"]
+    path: str
+    value: Any
+
+
+class AdmissionResponse(TypedDict):
+    uid: str
+    allowed: bool
+    patchType: NotRequired[Literal["JSONPatch"]]
+    patch: NotRequired[str]
+    warnings: NotRequired[list[str]]
+    auditAnnotations: NotRequired[dict[str, str]]
+    status: NotRequired[Status]
+
+
+class AdmissionReview(TypedDict):
+    apiVersion: str
+    kind: Literal["AdmissionReview"]
+    response: AdmissionResponse
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    uid: str
+    kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
+    operation: str
+    subresource: str
+    namespace: str
+    name: str
+    dry_run: bool
+    object: Mapping[str, Any] | None
+
+    @property
+    def policy_request(self) -> Request:
+        return Request(self.operation, self.subresource)
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ReviewError(f"{where}.{key} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse(body: bytes | str) -> AdmissionRequest:
+    """Read an AdmissionReview v1 request; raise ReviewError naming what is wrong."""
+    try:
+        review = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReviewError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(review, dict):
+        raise ReviewError("request body must be a JSON object (an AdmissionReview)")
+    api_version = review.get("apiVersion")
+    if api_version != API_VERSION or review.get("kind") != "AdmissionReview":
+        raise ReviewError(
+            f"expected kind AdmissionReview with apiVersion {API_VERSION}, got kind "
+            f"{review.get('kind')!r} apiVersion {api_version!r}; register the webhook with "
+            "admissionReviewVersions: [v1]"
+        )
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("AdmissionReview has no request object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewError("request.uid is missing or empty")
+    operation = _field(request, "operation", str, "request") or ""
+    kind = _field(request, "kind", dict, "request") or {}
+    obj = _field(request, "object", dict, "request")
+    if obj is None and operation in MUTATED_OPERATIONS:
+        raise ReviewError(f"request.object is missing for a {operation} request")
+    metadata = obj.get("metadata") if obj else None
+    name = ""
+    if isinstance(metadata, dict):
+        found = metadata.get("name") or metadata.get("generateName") or ""
+        name = found if isinstance(found, str) else ""
+    return AdmissionRequest(
+        uid=uid,
+        kind=str(kind.get("kind") or ""),
+        operation=operation,
+        subresource=_field(request, "subResource", str, "request") or "",
+        namespace=_field(request, "namespace", str, "request") or "",
+        name=name or _field(request, "name", str, "request") or "",
+        dry_run=bool(request.get("dryRun")),
+        object=obj,
+    )
+
+
+def template_of(
+    request: AdmissionRequest, settings: Settings, webhook_namespace: str = ""
+) -> PodTemplate | None:
+    """The pod spec this request asks about, or None when the webhook leaves it alone."""
+    if request.operation not in MUTATED_OPERATIONS or request.object is None:
+        return None
+    if request.namespace and not settings.covers(request.namespace, webhook_namespace):
+        return None
+    return podspec.find(request.kind, request.object, workloads=settings.mutate_workloads)
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
+    """JSONPatch operations straight from the decision's pointers (no object diff)."""
+    template = decision.template
+    if template is None:
+        return []
+    ops: list[PatchOp] = [
+        {"op": "replace", "path": r.pointer, "value": r.image} for r in decision.rewrites
+    ]
+    if decision.add_secret:
+        secrets = template.spec.get("imagePullSecrets")
+        if isinstance(secrets, list):
+            path = f"{template.spec_pointer}/imagePullSecrets/-"
+            ops.append({"op": "add", "path": path, "value": {"name": secret_name}})
+        else:
+            path = f"{template.spec_pointer}/imagePullSecrets"
+            ops.append({"op": "add", "path": path, "value": [{"name": secret_name}]})
+    if decision.annotate:
+        metadata = template.metadata
+        annotations = metadata.get("annotations") if metadata is not None else None
+        record = original_images_annotation(
+            annotations if isinstance(annotations, Mapping) else None, decision.original_images
+        )
+        pointer = template.metadata_pointer
+        if metadata is None:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": pointer,
+                    "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: record}},
+                }
+            )
+        elif not isinstance(annotations, Mapping):
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"{pointer}/annotations",
+                    "value": {ORIGINAL_IMAGES_ANNOTATION: record},
+                }
+            )
+        else:
+            path = f"{pointer}/annotations/{_escape(ORIGINAL_IMAGES_ANNOTATION)}"
+            ops.append({"op": "add", "path": path, "value": record})
+    return ops
+
+
+def _review(response: AdmissionResponse) -> AdmissionReview:
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def allow(uid: str, warnings: Sequence[str] = ()) -> AdmissionReview:
+    response: AdmissionResponse = {"uid": uid, "allowed": True}
+    if warnings:
+        response["warnings"] = list(warnings)
+    return _review(response)
+
+
+def deny(uid: str, messages: Sequence[str], warnings: Sequence[str] = ()) -> AdmissionReview:
+    review = allow(uid, warnings)
+    review["response"]["allowed"] = False
+    review["response"]["status"] = {"code": 403, "message": "; ".join(messages)}
+    return review
+
+
+def mutate_response(uid: str, decision: Decision, secret_name: str) -> AdmissionReview:
+    """The /mutate answer: a denial, or an allow with the JSONPatch and audit record."""
+    if decision.denials:
+        return deny(uid, decision.denials, decision.warnings)
+    review = allow(uid, decision.warnings)
+    ops = patch_ops(decision, secret_name)
+    if ops:
+        response = review["response"]
+        response["patchType"] = "JSONPatch"
+        patch = jsonpatch.JsonPatch(ops).to_string().encode()
+        response["patch"] = base64.b64encode(patch).decode("ascii")
+    if decision.original_images:
+        review["response"]["auditAnnotations"] = {
+            AUDIT_ANNOTATION: json.dumps(
+                dict(decision.original_images), sort_keys=True, separators=(",", ":")
+            )
+        }
+    return review
+
+
+def validate_response(uid: str, decision: Decision) -> AdmissionReview:
+    """The /validate answer: refuse whatever the mutation would have had to change."""
+    if decision.violations:
+        return deny(uid, decision.violations, decision.warnings)
+    return allow(uid, decision.warnings)
+
+
+def encode(review: AdmissionReview) -> bytes:
+    return json.dumps(review, separators=(",", ":")).encode()
