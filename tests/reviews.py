@@ -1,0 +1,86 @@
+"""Building AdmissionReviews and applying the webhook's answers, for tests."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import uuid
+from typing import Any
+
+import jsonpatch
+
+
+def pod(
+    *images: str,
+    name: str = "web",
+    namespace: str = "my-app",
+    init: tuple[str, ...] = (),
+    ephemeral: tuple[str, ...] = (),
+    pull_secrets: list[dict[str, str]] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Pod whose containers are named c0, c1, ... (init i0..., ephemeral e0...)."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
+    }
+    if init:
+        spec["initContainers"] = [{"name": f"i{i}", "image": im} for i, im in enumerate(init)]
+    if ephemeral:
+        spec["ephemeralContainers"] = [
+            {"name": f"e{i}", "image": im} for i, im in enumerate(ephemeral)
+        ]
+    if pull_secrets is not None:
+        spec["imagePullSecrets"] = pull_secrets
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def review(
+    obj: dict[str, Any] | None,
+    *,
+    operation: str = "CREATE",
+    kind: str = "Pod",
+    group: str = "",
+    namespace: str | None = None,
+    subresource: str | None = None,
+    dry_run: bool = False,
+    old: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if namespace is None and obj is not None:
+        namespace = obj.get("metadata", {}).get("namespace", "my-app")
+    request: dict[str, Any] = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": group, "version": "v1", "kind": kind},
+        "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
+        "operation": operation,
+        "namespace": namespace or "my-app",
+        "object": obj,
+        "oldObject": old,
+        "dryRun": dry_run,
+        "userInfo": {"username": "admin"},
+    }
+    if subresource:
+        request["subResource"] = subresource
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def patch_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    response = answer["response"]
+    if "patch" not in response:
+        return []
+    assert response["patchType"] == "JSONPatch"
+    ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"]))
+    return ops
+
+
+def apply(answer: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as the API server would store it after this answer."""
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(obj), patch_of(answer))
+    return result
+
+
+def images_of(obj: dict[str, Any], key: str = "containers") -> list[str]:
+    return [c["image"] for c in obj["spec"].get(key, [])]

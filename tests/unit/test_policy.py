@@ -1,0 +1,458 @@
+"""The rewrite rules of DESIGN.md §1, through the pure core: parse, decide, respond, apply."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from tests.reviews import apply, images_of, patch_of, pod, review
+from webhook import config, policy
+from webhook import review as wire
+from webhook.config import Settings, Visibility
+
+D = "sha256:" + "ab" * 32
+PROXY = "proxy.replicated.com/proxy/my-app"
+ANNOTATION = "image-proxy-webhook.io/original-images"
+
+BASE: dict[str, Any] = {
+    "appSlug": "my-app",
+    "licenseID": "lic",
+    "namespaces": ["my-app"],
+    "visibility": {
+        "overrides": [
+            {"match": "quay.io/private-org/*", "visibility": "private"},
+            {"match": "docker.io/library/*", "visibility": "public"},
+            {"match": "docker.io/acme/*", "visibility": "private"},
+            {"match": "registry.example.com:5000/*", "visibility": "private"},
+            {"match": "ghcr.io/public/*", "visibility": "public"},
+        ]
+    },
+}
+AIRGAP: dict[str, Any] = {
+    "appSlug": "my-app",
+    "mode": "airgap",
+    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
+}
+
+
+def settings(base: Mapping[str, Any] = BASE, **changes: Any) -> Settings:
+    return config.parse({**base, **changes})
+
+
+def mutate(
+    s: Settings,
+    rv: dict[str, Any],
+    visibilities: Mapping[policy.Repository, Visibility] | None = None,
+    endpoint: str = "mutate",
+) -> dict[str, Any]:
+    request = wire.parse(json.dumps(rv))
+    template = wire.template_of(request, s)
+    decision = policy.decide(template, request.policy_request, visibilities or {}, s)
+    if endpoint == "validate":
+        return dict(wire.validate_response(request.uid, decision))
+    answer = dict(wire.mutate_response(request.uid, decision, s.secret_name))
+    assert answer["response"]["uid"] == rv["request"]["uid"]
+    return answer
+
+
+def assert_idempotent(s: Settings, obj: dict[str, Any], **kw: Any) -> None:
+    again = mutate(s, review(obj, **kw))
+    assert again["response"]["allowed"] is True
+    assert patch_of(again) == []
+
+
+# image, expected image after mutation, pull secret needed
+ONLINE = [
+    ("quay.io/private-org/api:v1.0.1", f"{PROXY}/quay.io/private-org/api:v1.0.1", True),
+    ("nginx", "nginx", False),
+    ("nginx:1.25", "nginx:1.25", False),
+    ("acme/app", f"{PROXY}/docker.io/acme/app", True),
+    ("index.docker.io/acme/app:2", f"{PROXY}/docker.io/acme/app:2", True),
+    (f"quay.io/private-org/api@{D}", f"{PROXY}/quay.io/private-org/api@{D}", True),
+    (f"quay.io/private-org/api:v1@{D}", f"{PROXY}/quay.io/private-org/api:v1@{D}", True),
+    ("ghcr.io/public/tool:3", "ghcr.io/public/tool:3", False),
+    (f"{PROXY}/quay.io/private-org/api:v1", f"{PROXY}/quay.io/private-org/api:v1", True),
+    ("registry.replicated.com/my-app/api:2", "registry.replicated.com/my-app/api:2", True),
+    # unknown visibility with the default onProbeFailure: proxy
+    ("gcr.io/unknown/thing:1", f"{PROXY}/gcr.io/unknown/thing:1", True),
+    # private, but a port cannot go into the proxy path: unchanged with a warning
+    ("registry.example.com:5000/team/app:v1", "registry.example.com:5000/team/app:v1", False),
+]
+
+
+@pytest.mark.parametrize(("image", "expected", "secret"), ONLINE)
+def test_online_rewrite(image: str, expected: str, secret: bool) -> None:
+    s = settings()
+    obj = pod(image)
+    answer = mutate(s, review(obj))
+    assert answer["response"]["allowed"] is True
+    result = apply(answer, obj)
+    assert images_of(result) == [expected]
+    secrets = result["spec"].get("imagePullSecrets")
+    assert secrets == ([{"name": "my-app-registry"}] if secret else None)
+    if expected != image:
+        assert json.loads(result["metadata"]["annotations"][ANNOTATION]) == {"c0": image}
+        assert json.loads(answer["response"]["auditAnnotations"]["original-images"]) == {
+            "c0": image
+        }
+    else:
+        assert "annotations" not in result["metadata"]
+    assert_idempotent(s, result)
+
+
+def test_port_warning_says_why() -> None:
+    answer = mutate(settings(), review(pod("registry.example.com:5000/team/app:v1")))
+    (warning,) = answer["response"]["warnings"]
+    assert "registry.example.com:5000/team/app:v1" in warning
+    assert "has a port, which cannot be carried in the proxy path" in warning
+
+
+def test_probe_results_decide_when_no_override() -> None:
+    s = settings()
+    obj = pod("gcr.io/a/pub:1", "gcr.io/a/priv:1")
+    vis = {("gcr.io", "a/pub"): Visibility.PUBLIC, ("gcr.io", "a/priv"): Visibility.PRIVATE}
+    result = apply(mutate(s, review(obj), vis), obj)
+    assert images_of(result) == ["gcr.io/a/pub:1", f"{PROXY}/gcr.io/a/priv:1"]
+
+
+def test_override_beats_probe_result() -> None:
+    s = settings()
+    obj = pod("ghcr.io/public/tool:3")
+    answer = mutate(s, review(obj), {("ghcr.io", "public/tool"): Visibility.PRIVATE})
+    assert patch_of(answer) == []
+
+
+def test_repositories_to_probe_skips_overrides_own_hosts_and_duplicates() -> None:
+    s = settings()
+    obj = pod(
+        "gcr.io/a/b:1",
+        "gcr.io/a/b:2",
+        "nginx",
+        f"{PROXY}/x.io/y:1",
+        "registry.replicated.com/z",
+        "quay.io/private-org/api",
+        "Bad Image",
+    )
+    template = wire.template_of(wire.parse(json.dumps(review(obj))), s)
+    wanted = policy.repositories_to_probe(template, s)
+    assert list(wanted) == [("gcr.io", "a/b")]
+    assert wanted[("gcr.io", "a/b")].tag == "1"
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "expected_allowed", "expected_image"),
+    [
+        ("proxy", True, f"{PROXY}/gcr.io/u/t:1"),
+        ("direct", True, "gcr.io/u/t:1"),
+        ("deny", False, None),
+    ],
+)
+def test_on_probe_failure(
+    on_failure: str, expected_allowed: bool, expected_image: str | None
+) -> None:
+    s = settings(visibility={"onProbeFailure": on_failure})
+    obj = pod("gcr.io/u/t:1")
+    answer = mutate(s, review(obj), {("gcr.io", "u/t"): Visibility.UNKNOWN})
+    assert answer["response"]["allowed"] is expected_allowed
+    if expected_image is None:
+        assert answer["response"]["status"]["code"] == 403
+        assert answer["response"]["status"]["message"] == (
+            "container 'c0' image 'gcr.io/u/t:1': the registry could not be checked for "
+            "anonymous access and onProbeFailure is deny; retry shortly"
+        )
+        assert "patch" not in answer["response"]
+    else:
+        assert images_of(apply(answer, obj)) == [expected_image]
+
+
+def test_all_container_lists_and_existing_secrets_kept() -> None:
+    s = settings()
+    obj = pod(
+        "acme/app:1",
+        "nginx",
+        init=("quay.io/private-org/init:1",),
+        ephemeral=("acme/debug:1",),
+        pull_secrets=[{"name": "other"}],
+    )
+    answer = mutate(s, review(obj))
+    result = apply(answer, obj)
+    assert images_of(result) == [f"{PROXY}/docker.io/acme/app:1", "nginx"]
+    assert images_of(result, "initContainers") == [f"{PROXY}/quay.io/private-org/init:1"]
+    assert images_of(result, "ephemeralContainers") == [f"{PROXY}/docker.io/acme/debug:1"]
+    assert result["spec"]["imagePullSecrets"] == [{"name": "other"}, {"name": "my-app-registry"}]
+    assert json.loads(result["metadata"]["annotations"][ANNOTATION]) == {
+        "c0": "acme/app:1",
+        "i0": "quay.io/private-org/init:1",
+        "e0": "acme/debug:1",
+    }
+    assert_idempotent(s, result)
+
+
+def test_secret_already_listed_is_not_added_twice() -> None:
+    s = settings()
+    obj = pod("acme/app:1", pull_secrets=[{"name": "my-app-registry"}])
+    result = apply(mutate(s, review(obj)), obj)
+    assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+
+
+def test_existing_annotations_are_kept_and_merged() -> None:
+    s = settings()
+    obj = pod("acme/app:1", annotations={"team": "a", ANNOTATION: '{"old":"x:1"}'})
+    result = apply(mutate(s, review(obj)), obj)
+    assert result["metadata"]["annotations"]["team"] == "a"
+    assert json.loads(result["metadata"]["annotations"][ANNOTATION]) == {
+        "old": "x:1",
+        "c0": "acme/app:1",
+    }
+
+
+def test_custom_registry_domain_replaces_upstream_host() -> None:
+    s = settings(registryDomain="images.vendor.example")
+    obj = pod("registry.replicated.com/my-app/api:2", "images.vendor.example/my-app/web:1")
+    result = apply(mutate(s, review(obj)), obj)
+    assert images_of(result) == [
+        "images.vendor.example/my-app/api:2",
+        "images.vendor.example/my-app/web:1",
+    ]
+    assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+    assert_idempotent(s, result)
+
+
+def test_custom_proxy_domain_and_secret_name() -> None:
+    s = settings(proxyDomain="proxy.vendor.example", pullSecretName="vendor-pull")
+    obj = pod("acme/app:1")
+    result = apply(mutate(s, review(obj)), obj)
+    assert images_of(result) == ["proxy.vendor.example/proxy/my-app/docker.io/acme/app:1"]
+    assert result["spec"]["imagePullSecrets"] == [{"name": "vendor-pull"}]
+
+
+@pytest.mark.parametrize("subresource", [None, "ephemeralcontainers"])
+def test_update_rewrites_images_but_never_adds_the_secret(subresource: str | None) -> None:
+    s = settings()
+    obj = pod("nginx", ephemeral=("acme/debug:1",))
+    answer = mutate(s, review(obj, operation="UPDATE", subresource=subresource))
+    ops = patch_of(answer)
+    assert {op["path"] for op in ops if "imagePullSecrets" in op["path"]} == set()
+    result = apply(answer, obj)
+    assert images_of(result, "ephemeralContainers") == [f"{PROXY}/docker.io/acme/debug:1"]
+    assert "imagePullSecrets" not in result["spec"]
+    (warning,) = answer["response"]["warnings"]
+    assert warning.startswith("pod needs imagePullSecret 'my-app-registry', which cannot be added")
+    # The subresource drops metadata changes, so only a plain UPDATE annotates.
+    assert (ANNOTATION in result["metadata"].get("annotations", {})) is (subresource is None)
+
+
+def test_legacy_ephemeral_containers_object() -> None:
+    """Kubernetes 1.20/1.21 send pods/ephemeralcontainers as a v1 EphemeralContainers object."""
+    s = settings()
+    obj = {
+        "apiVersion": "v1",
+        "kind": "EphemeralContainers",
+        "metadata": {"name": "web", "namespace": "my-app"},
+        "ephemeralContainers": [
+            {"name": "debug", "image": "acme/debug:1"},
+            {"name": "shell", "image": "busybox"},
+        ],
+    }
+    answer = mutate(
+        s,
+        review(
+            obj, operation="UPDATE", kind="EphemeralContainers", subresource="ephemeralcontainers"
+        ),
+    )
+    assert patch_of(answer) == [
+        {
+            "op": "replace",
+            "path": "/ephemeralContainers/0/image",
+            "value": f"{PROXY}/docker.io/acme/debug:1",
+        }
+    ]
+    assert answer["response"]["auditAnnotations"] == {"original-images": '{"debug":"acme/debug:1"}'}
+
+
+# image, expected (None: denied)
+AIRGAP_CASES = [
+    ("nginx", "registry.local:5000/my-app/nginx:latest"),
+    ("nginx:1.25", "registry.local:5000/my-app/nginx:1.25"),
+    ("quay.io/org/team/api:v2", "registry.local:5000/my-app/api:v2"),
+    ("registry.local:5000/my-app/api:v2", "registry.local:5000/my-app/api:v2"),
+    ("registry.local:5000/elsewhere/tool:1", "registry.local:5000/elsewhere/tool:1"),
+    (f"{PROXY}/quay.io/org/api:v3", "registry.local:5000/my-app/api:v3"),
+    (f"quay.io/org/api@{D}", None),
+    (f"quay.io/org/api:v1@{D}", None),
+]
+
+
+@pytest.mark.parametrize(("image", "expected"), AIRGAP_CASES)
+def test_airgap(image: str, expected: str | None) -> None:
+    s = settings(AIRGAP)
+    obj = pod(image)
+    answer = mutate(s, review(obj))
+    if expected is None:
+        assert answer["response"]["allowed"] is False
+        assert answer["response"]["status"] == {
+            "code": 403,
+            "message": f"container 'c0' image {image!r} is pinned by digest, which air-gap mode "
+            "cannot serve from the local registry registry.local:5000: use a tag instead",
+        }
+        return
+    result = apply(answer, obj)
+    assert images_of(result) == [expected]
+    assert "imagePullSecrets" not in result["spec"]  # no credentials configured
+    assert_idempotent(s, result)
+
+
+def test_airgap_with_credentials_needs_the_secret_and_empty_namespace() -> None:
+    s = settings(
+        AIRGAP, airgap={"registry": "registry.local", "username": "u", "passwordFile": "/p"}
+    )
+    obj = pod("quay.io/org/api:v2")
+    result = apply(mutate(s, review(obj)), obj)
+    assert images_of(result) == ["registry.local/api:v2"]
+    assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+
+
+def test_airgap_probes_nothing() -> None:
+    s = settings(AIRGAP)
+    template = wire.template_of(wire.parse(json.dumps(review(pod("gcr.io/a/b:1")))), s)
+    assert policy.repositories_to_probe(template, s) == {}
+
+
+def test_unparseable_image_is_left_with_a_warning_and_denied_by_validate() -> None:
+    s = settings()
+    obj = pod("Bad/Image", "acme/app:1")
+    answer = mutate(s, review(obj))
+    assert answer["response"]["allowed"] is True
+    assert images_of(apply(answer, obj)) == ["Bad/Image", f"{PROXY}/docker.io/acme/app:1"]
+    assert answer["response"]["warnings"] == [
+        "container 'c0' left unchanged: invalid image reference 'Bad/Image': "
+        "repository name 'Bad' must be lower case"
+    ]
+    verdict = mutate(s, review(obj), endpoint="validate")
+    assert verdict["response"]["allowed"] is False
+    assert "repository name 'Bad' must be lower case" in verdict["response"]["status"]["message"]
+
+
+def test_validate_denies_what_mutation_would_change_and_allows_its_output() -> None:
+    s = settings()
+    obj = pod("acme/app:1", "nginx")
+    verdict = mutate(s, review(obj), endpoint="validate")
+    assert verdict["response"]["allowed"] is False
+    assert verdict["response"]["status"]["code"] == 403
+    assert verdict["response"]["status"]["message"] == (
+        f"container 'c0' image 'acme/app:1' is private and must be pulled through the proxy: "
+        f"use '{PROXY}/docker.io/acme/app:1'; pod needs imagePullSecret 'my-app-registry'"
+    )
+    assert "patch" not in verdict["response"]
+    mutated = apply(mutate(s, review(obj)), obj)
+    after = mutate(s, review(mutated), endpoint="validate")["response"]
+    assert after == {"uid": after["uid"], "allowed": True}
+
+
+def test_validate_denies_port_images_and_airgap_violations() -> None:
+    port = mutate(
+        settings(), review(pod("registry.example.com:5000/team/app:v1")), endpoint="validate"
+    )
+    assert port["response"]["allowed"] is False
+    assert "has a port" in port["response"]["status"]["message"]
+    off = mutate(settings(AIRGAP), review(pod("quay.io/org/api:v2")), endpoint="validate")
+    assert off["response"]["status"]["message"] == (
+        "container 'c0' image 'quay.io/org/api:v2' must come from the local registry: "
+        "use 'registry.local:5000/my-app/api:v2'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj_pointer", "spec"),
+    [
+        ("Deployment", ("spec", "template"), None),
+        ("StatefulSet", ("spec", "template"), None),
+        ("DaemonSet", ("spec", "template"), None),
+        ("ReplicaSet", ("spec", "template"), None),
+        ("ReplicationController", ("spec", "template"), None),
+        ("Job", ("spec", "template"), None),
+        ("CronJob", ("spec", "jobTemplate", "spec", "template"), None),
+    ],
+)
+def test_workload_templates(kind: str, obj_pointer: tuple[str, ...], spec: None) -> None:
+    template = {"spec": {"containers": [{"name": "app", "image": "acme/app:1"}]}}
+    obj: dict[str, Any] = {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w"}}
+    node = obj
+    for key in obj_pointer[:-1]:
+        node = node.setdefault(key, {})
+    node[obj_pointer[-1]] = template
+
+    off = mutate(settings(), review(obj, kind=kind, group="apps"))
+    assert patch_of(off) == []
+
+    s = settings(mutateWorkloads=True)
+    result = apply(mutate(s, review(obj, kind=kind, group="apps")), obj)
+    node = result
+    for key in obj_pointer:
+        node = node[key]
+    assert node["spec"]["containers"][0]["image"] == f"{PROXY}/docker.io/acme/app:1"
+    assert node["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+    assert json.loads(node["metadata"]["annotations"][ANNOTATION]) == {"app": "acme/app:1"}
+    assert_idempotent(s, result, kind=kind, group="apps")
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "namespace", "webhook_namespace", "mutated"),
+    [
+        (["my-app"], "my-app", "", True),
+        (["my-app"], "other", "", False),
+        (["*"], "other", "", True),
+        (["*"], "kube-system", "", False),
+        (["*"], "webhook-ns", "webhook-ns", False),
+    ],
+)
+def test_namespace_coverage(
+    namespaces: list[str], namespace: str, webhook_namespace: str, mutated: bool
+) -> None:
+    s = settings(namespaces=namespaces)
+    request = wire.parse(json.dumps(review(pod("acme/app:1", namespace=namespace))))
+    template = wire.template_of(request, s, webhook_namespace)
+    decision = policy.decide(template, request.policy_request, {}, s)
+    assert bool(decision.rewrites) is mutated
+
+
+def test_pod_with_no_containers_is_allowed_untouched() -> None:
+    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}}
+    answer = mutate(settings(), review(obj))
+    assert answer["response"] == {"uid": answer["response"]["uid"], "allowed": True}
+
+
+def test_other_kinds_and_operations_are_allowed_untouched() -> None:
+    s = settings()
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}}
+    assert mutate(s, review(cm, kind="ConfigMap"))["response"]["allowed"] is True
+    assert patch_of(mutate(s, review(cm, kind="ConfigMap"))) == []
+    deleted = review(None, operation="DELETE")
+    request = wire.parse(json.dumps(deleted))
+    assert wire.template_of(request, s) is None
+
+
+def test_malformed_shapes_inside_the_pod_are_skipped() -> None:
+    s = settings()
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x"},
+        "spec": {
+            "containers": [
+                None,
+                3,
+                {"name": "a"},
+                {"name": "b", "image": 7},
+                {"image": "acme/app:1"},
+            ],
+            "initContainers": "nope",
+            "imagePullSecrets": None,
+        },
+    }
+    result = apply(mutate(s, review(obj)), obj)
+    assert result["spec"]["containers"][4]["image"] == f"{PROXY}/docker.io/acme/app:1"
+    assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
