@@ -1,0 +1,137 @@
+"""Config validation: defaults, and a precise message for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhook import config
+from webhook.config import ConfigError, Mode, OnProbeFailure, Visibility
+
+MINIMAL: dict[str, Any] = {"appSlug": "my-app", "licenseID": "lic"}
+
+
+def test_defaults() -> None:
+    s = config.parse(MINIMAL)
+    assert s.proxy_domain == "proxy.replicated.com"
+    assert s.registry_domain == "registry.replicated.com"
+    assert s.secret_name == "my-app-registry"
+    assert s.namespaces == ("my-app",)
+    assert s.mode is Mode.ONLINE
+    assert s.visibility.on_probe_failure is OnProbeFailure.PROXY
+    assert s.visibility.ttl_seconds == 3600
+    assert s.visibility.failure_ttl_seconds == 30
+    assert s.probe.timeout_seconds == 2
+    assert s.probe.allow_private_networks is False
+    assert s.mutate_workloads is False
+    assert (s.server.port, s.server.health_port) == (8443, 8080)
+    assert s.server.admission_deadline_seconds == 8
+
+
+def test_example_config_loads() -> None:
+    s = config.load(Path(__file__).parents[2] / "examples" / "config.yaml")
+    assert s.app_slug == "my-app"
+    assert s.visibility.override_for("quay.io/my-org/api") is Visibility.PRIVATE
+    assert s.visibility.override_for("quay.io/other/api") is None
+
+
+def test_first_matching_override_wins() -> None:
+    s = config.parse(
+        {
+            **MINIMAL,
+            "visibility": {
+                "overrides": [
+                    {"match": "quay.io/org/public-*", "visibility": "public"},
+                    {"match": "quay.io/org/*", "visibility": "private"},
+                ]
+            },
+        }
+    )
+    assert s.visibility.override_for("quay.io/org/public-api") is Visibility.PUBLIC
+    assert s.visibility.override_for("quay.io/org/api") is Visibility.PRIVATE
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"appSlug": None}, "appSlug: required (the application slug, e.g. my-app)"),
+        ({"appSlug": "My_App"}, "appSlug: 'My_App' must be a lower-case DNS label"),
+        ({"licenseID": None}, "licenseID or licenseIDFile: required when mode is online"),
+        ({"licenseIDFile": "/x"}, "licenseID and licenseIDFile: set one, not both"),
+        ({"colour": "blue"}, "config: unknown key 'colour'"),
+        ({"mode": "offline"}, "mode: 'offline' is not one of online, airgap"),
+        ({"mode": "airgap"}, "airgap.registry: required when mode is airgap"),
+        ({"mutateWorkloads": "yes"}, "mutateWorkloads: expected bool, got str ('yes')"),
+        ({"namespaces": "my-app"}, "namespaces: expected list, got str ('my-app')"),
+        ({"namespaces": ["Bad NS"]}, "namespaces[0]: 'Bad NS' is not a namespace name"),
+        ({"namespaces": [3]}, "namespaces[0]: expected str, got int"),
+        ({"proxyDomain": "https://proxy"}, "proxyDomain: 'https://proxy' is not a registry host"),
+        ({"pullSecretName": "Bad_Name"}, "pullSecretName: 'Bad_Name' is not a valid Secret name"),
+        ({"visibility": {"ttlSeconds": 0}}, "visibility.ttlSeconds: must be greater than 0, got 0"),
+        ({"visibility": {"ttlSeconds": "1h"}}, "visibility.ttlSeconds: expected float, got str"),
+        (
+            {"visibility": {"onProbeFailure": "retry"}},
+            "visibility.onProbeFailure: 'retry' is not one of proxy, direct, deny",
+        ),
+        (
+            {"visibility": {"overrides": [{"match": "x/*", "visibility": "secret"}]}},
+            "visibility.overrides[0].visibility: 'secret' is not one of public, private",
+        ),
+        (
+            {"visibility": {"overrides": [{"visibility": "public"}]}},
+            "visibility.overrides[0].match: required",
+        ),
+        (
+            {"visibility": {"overrides": [{"match": "x", "visibility": "public", "why": 1}]}},
+            "visibility.overrides[0]: unknown key 'why'",
+        ),
+        ({"probe": {"timeoutSecs": 2}}, "probe: unknown key 'timeoutSecs'"),
+        ({"probe": []}, "probe: expected a mapping, got list"),
+        ({"server": {"port": 70000}}, "server.port: 70000 is not a TCP port (1-65535)"),
+        ({"server": {"port": 8080}}, "server.healthPort: must differ from server.port"),
+        ({"server": {"certFile": "/c"}}, "server.certFile and server.keyFile: set both or neither"),
+        (
+            {"server": {"admissionDeadlineSeconds": 30}},
+            "server.admissionDeadlineSeconds: must stay below",
+        ),
+        (
+            {"airgap": {"registry": "reg.local", "namespace": "Bad"}},
+            "airgap.namespace: 'Bad' is not",
+        ),
+    ],
+)
+def test_bad_values(changes: dict[str, Any], message: str) -> None:
+    data = {**MINIMAL, **changes}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        config.parse(data)
+    assert str(caught.value).startswith(message)
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match=r"^config: expected a mapping, got list$"):
+        config.parse(["appSlug"])
+
+
+def test_load_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("appSlug: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        config.load(bad)
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match=r"missing.yaml: cannot read config file"):
+        config.load(missing)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("appSlug: a\nlicenseID: x\nmdoe: airgap\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: config: unknown key 'mdoe'"):
+        config.load(typo)
+
+
+def test_airgap_config() -> None:
+    s = config.parse(
+        {"appSlug": "a", "mode": "airgap", "airgap": {"registry": "registry.local:5000"}}
+    )
+    assert s.mode is Mode.AIRGAP
+    assert s.airgap.registry == "registry.local:5000"
