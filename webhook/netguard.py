@@ -69,6 +69,7 @@ _PRIVATE_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = t
 _NEVER_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
     ipaddress.ip_network(n)
     for n in (
+        "0.0.0.0/32",  # unspecified
         "224.0.0.0/4",  # multicast
         "255.255.255.255/32",
         "::/128",  # unspecified
