@@ -1,0 +1,320 @@
+"""The HTTP layer over real TLS, with a client that verifies the server certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.reviews import apply, images_of, pod, review
+from webhook import config, tls
+from webhook.admission import Admitter
+from webhook.config import Visibility
+from webhook.images import ImageRef
+from webhook.metrics import Metrics
+from webhook.policy import Repository
+from webhook.server import MAX_BODY_BYTES, Health, health_app, webhook_app
+
+PROXY = "proxy.replicated.com/proxy/my-app"
+SETTINGS = config.parse({"appSlug": "my-app", "licenseID": "lic", "namespaces": ["my-app"]})
+
+
+class StaticResolver:
+    """Visibility from a fixed table, counting the repositories it was asked about."""
+
+    def __init__(self, table: Mapping[Repository, Visibility]) -> None:
+        self.table = table
+        self.asked: list[Repository] = []
+
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        self.asked.extend(wanted)
+        return {key: self.table[key] for key in wanted if key in self.table}
+
+
+class BrokenResolver:
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tls.CertPaths:
+    return tls.generate(tmp_path_factory.mktemp("tls"), tls.DEV_NAMES)
+
+
+@pytest.fixture
+def client_ssl(certs: tls.CertPaths) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs.ca_file))
+
+
+Serve = Callable[[Admitter], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve(certs: tls.CertPaths) -> AsyncIterator[Serve]:
+    servers: list[TestServer] = []
+
+    async def start(admitter: Admitter) -> str:
+        server = TestServer(webhook_app(admitter), host="localhost")
+        await server.start_server(ssl=tls.server_context(certs))
+        servers.append(server)
+        return f"https://localhost:{server.port}"
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+async def post(url: str, body: bytes | dict[str, Any], context: ssl.SSLContext) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, ssl=context) as response,
+    ):
+        text = await response.text()
+        return response.status, json.loads(text)
+
+
+async def test_mutate_over_verified_tls(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    resolver = StaticResolver(
+        {
+            ("gcr.io", "a/priv"): Visibility.PRIVATE,
+            ("docker.io", "library/nginx"): Visibility.PUBLIC,
+        }
+    )
+    base = await serve(Admitter(SETTINGS, resolver=resolver))
+    obj = pod("gcr.io/a/priv:1", "nginx:1.25", "gcr.io/a/priv:2")
+    rv = review(obj)
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 200
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    assert answer["response"]["uid"] == rv["request"]["uid"]
+    result = apply(answer, obj)
+    assert images_of(result) == [
+        f"{PROXY}/gcr.io/a/priv:1",
+        "nginx:1.25",
+        f"{PROXY}/gcr.io/a/priv:2",
+    ]
+    assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+    # one question per distinct repository
+    assert sorted(resolver.asked) == [("docker.io", "library/nginx"), ("gcr.io", "a/priv")]
+
+
+async def test_untrusted_client_refuses_the_certificate(serve: Serve) -> None:
+    base = await serve(Admitter(SETTINGS))
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await post(f"{base}/mutate", review(pod("nginx")), ssl.create_default_context())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "request body is not valid JSON"),
+        (b"[]", 400, "request body must be a JSON object (an AdmissionReview)"),
+        (
+            json.dumps(
+                {"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}
+            ).encode(),
+            400,
+            "expected kind AdmissionReview with apiVersion admission.k8s.io/v1, got kind "
+            "'AdmissionReview' apiVersion 'admission.k8s.io/v1beta1'",
+        ),
+        (
+            json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+            400,
+            "AdmissionReview has no request object",
+        ),
+        (
+            json.dumps(
+                {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}
+            ).encode(),
+            400,
+            "request.uid is missing or empty",
+        ),
+        (
+            json.dumps(
+                {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}},
+                }
+            ).encode(),
+            400,
+            "request.object is missing for a CREATE request",
+        ),
+        (
+            json.dumps(
+                {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {"uid": "u", "operation": "CREATE", "object": []},
+                }
+            ).encode(),
+            400,
+            "request.object must be a dict, got list",
+        ),
+        (b"x" * (MAX_BODY_BYTES + 1), 413, f"request body larger than {MAX_BODY_BYTES} bytes"),
+    ],
+)
+async def test_bad_requests(
+    serve: Serve, client_ssl: ssl.SSLContext, body: bytes, status: int, message: str
+) -> None:
+    base = await serve(Admitter(SETTINGS))
+    for endpoint in ("mutate", "validate"):
+        got_status, answer = await post(f"{base}/{endpoint}", body, client_ssl)
+        assert got_status == status
+        assert answer["error"].startswith(message)
+
+
+async def test_largest_legal_review_is_accepted(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    """An object and its old version of 3 MiB each fit under the body limit."""
+    base = await serve(Admitter(SETTINGS))
+    obj = pod("nginx", annotations={"big": "x" * (3 * 1024 * 1024 - 1024)})
+    rv = review(obj, operation="UPDATE", old=obj)
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 200
+    assert answer["response"]["allowed"] is True
+
+
+async def test_validate_endpoint(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    base = await serve(Admitter(SETTINGS, resolver=StaticResolver({})))
+    status, answer = await post(f"{base}/validate", review(pod("gcr.io/x/y:1")), client_ssl)
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["message"].startswith(
+        "container 'c0' image 'gcr.io/x/y:1' is private and must be pulled through the proxy"
+    )
+
+
+async def test_internal_error_is_answered_not_crashed(
+    serve: Serve, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = await serve(Admitter(SETTINGS, resolver=BrokenResolver()))
+    rv = review(pod("gcr.io/x/y:1"))
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 200
+    assert answer["response"] == {
+        "uid": rv["request"]["uid"],
+        "allowed": True,
+        "warnings": [
+            "image-proxy-webhook hit an internal error; see its log; pod admitted unchanged"
+        ],
+    }
+    status, answer = await post(f"{base}/validate", rv, client_ssl)
+    assert answer["response"]["allowed"] is False
+    assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
+
+
+async def test_slow_body_gets_408(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    fast = config.parse(
+        {"appSlug": "my-app", "licenseID": "l", "server": {"admissionDeadlineSeconds": 0.3}}
+    )
+    base = await serve(Admitter(fast))
+
+    async def drip() -> AsyncIterator[bytes]:
+        yield b'{"apiVersion":'
+        await asyncio.sleep(2)
+        yield b'"x"}'
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/mutate", data=drip(), ssl=client_ssl) as response,
+    ):
+        assert response.status == 408
+        assert (await response.json())["error"] == "request body not received within 0.3s"
+
+
+async def test_health_readiness_and_metrics(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    metrics = Metrics()
+    health = Health()
+    probes = TestServer(health_app(health, metrics), host="127.0.0.1")
+    await probes.start_server()
+    base = await serve(Admitter(SETTINGS, resolver=StaticResolver({}), metrics=metrics))
+    try:
+        async with aiohttp.ClientSession() as session:
+            plain = f"http://127.0.0.1:{probes.port}"
+            async with session.get(f"{plain}/healthz") as r:
+                assert (r.status, await r.text()) == (200, "ok\n")
+            async with session.get(f"{plain}/readyz") as r:
+                assert (r.status, await r.text()) == (503, "not ready: not-serving\n")
+            health.serving = True
+            async with session.get(f"{plain}/readyz") as r:
+                assert r.status == 200
+            health.checks["certificate"] = lambda: False
+            async with session.get(f"{plain}/readyz") as r:
+                assert (r.status, await r.text()) == (503, "not ready: certificate\n")
+            health.checks.clear()
+            health.shutting_down = True
+            async with session.get(f"{plain}/readyz") as r:
+                assert (r.status, await r.text()) == (503, "not ready: shutting-down\n")
+
+            await post(f"{base}/mutate", review(pod("gcr.io/x/y:1")), client_ssl)
+            await post(f"{base}/mutate", review(pod("nginx", namespace="elsewhere")), client_ssl)
+            await post(f"{base}/mutate", b"{", client_ssl)
+            async with session.get(f"{plain}/metrics") as r:
+                text = await r.text()
+        assert (
+            'image_proxy_webhook_admission_requests_total{endpoint="mutate",kind="Pod",'
+            'operation="CREATE",outcome="mutated"} 1.0' in text
+        )
+        assert (
+            'image_proxy_webhook_admission_requests_total{endpoint="mutate",kind="Pod",'
+            'operation="CREATE",outcome="allowed"} 1.0' in text
+        )
+        assert "image_proxy_webhook_images_rewritten_total 1.0" in text
+        assert 'image_proxy_webhook_admission_duration_seconds_count{endpoint="mutate"} 2.0' in text
+    finally:
+        await probes.close()
+
+
+def _tls11_client(ca_file: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+async def test_tls_below_1_2_is_refused(serve: Serve, certs: tls.CertPaths) -> None:
+    assert certs.ca_file is not None
+    client = _tls11_client(certs.ca_file)
+    # Control: this client does speak TLS 1.1 to a server that allows it ...
+    permissive = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    permissive.load_cert_chain(certs.cert_file, certs.key_file)
+    permissive.minimum_version = ssl.TLSVersion.TLSv1
+    permissive.set_ciphers("ALL:@SECLEVEL=0")
+    control = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=permissive)
+    port = control.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client, server_hostname="localhost"
+    )
+    assert writer.get_extra_info("ssl_object").version() == "TLSv1.1"
+    writer.close()
+    control.close()
+    # ... and the webhook refuses it.
+    base = await serve(Admitter(SETTINGS))
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await post(f"{base}/mutate", review(pod("nginx")), client)
+
+
+def test_self_signed_certificate_is_for_localhost(tmp_path: Path) -> None:
+    paths = tls.self_signed(tmp_path)
+    assert paths.ca_file is not None and paths.ca_file.exists()
+    context = ssl.create_default_context(cafile=str(paths.ca_file))
+    server = tls.server_context(paths)
+    assert server.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert oct(paths.key_file.stat().st_mode & 0o777) == "0o600"

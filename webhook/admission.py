@@ -1,0 +1,159 @@
+"""One admission from end to end: parse, resolve visibility, decide, ensure the secret, respond.
+
+The I/O it needs (registry probes, the API server) comes in through two small
+protocols, so the server, the CLI and the tests drive the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+from webhook import policy, review
+from webhook.config import Settings, Visibility
+from webhook.images import ImageRef
+from webhook.metrics import Metrics
+from webhook.podspec import PodTemplate
+from webhook.policy import Decision, Repository, Request
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["mutate", "validate"]
+
+
+class Resolver(Protocol):
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]: ...
+
+
+class SecretEnsurer(Protocol):
+    async def ensure(self, namespace: str, timeout: float) -> str | None:
+        """Make sure the pull secret is current in the namespace; a warning if not."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    review: review.AdmissionReview
+    request: review.AdmissionRequest
+    decision: Decision
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        response = self.review["response"]
+        if not response["allowed"]:
+            return "denied"
+        if "patch" in response:
+            return "mutated"
+        return "allowed"
+
+
+class Admitter:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resolver: Resolver | None = None,
+        secrets: SecretEnsurer | None = None,
+        metrics: Metrics | None = None,
+        webhook_namespace: str = "",
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.secrets = secrets
+        self.metrics = metrics
+        self.webhook_namespace = webhook_namespace
+
+    async def decide(
+        self, template: PodTemplate | None, request: Request, deadline: float
+    ) -> Decision:
+        """The decision for one pod spec, probing what the overrides do not settle."""
+        visibilities: dict[Repository, Visibility] = {}
+        wanted = policy.repositories_to_probe(template, self.settings)
+        if wanted and self.resolver is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            visibilities = await self.resolver.resolve_all(wanted, max(remaining, 0.0))
+        return policy.decide(template, request, visibilities, self.settings)
+
+    async def admit(self, body: bytes, endpoint: Endpoint) -> Outcome:
+        """Answer one AdmissionReview; ReviewError when the body is not one."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.server.admission_deadline_seconds
+        request = review.parse(body)
+        template = review.template_of(request, self.settings, self.webhook_namespace)
+        decision = await self.decide(template, request.policy_request, deadline)
+        if endpoint == "validate":
+            answer = review.validate_response(request.uid, decision)
+        else:
+            warning = await self._ensure_secret(request, decision, deadline)
+            if warning:
+                decision = _with_warning(decision, warning)
+            answer = review.mutate_response(request.uid, decision, self.settings.secret_name)
+        outcome = Outcome(answer, request, decision, time.perf_counter() - started)
+        self._record(outcome, endpoint)
+        return outcome
+
+    async def _ensure_secret(
+        self, request: review.AdmissionRequest, decision: Decision, deadline: float
+    ) -> str | None:
+        if (
+            self.secrets is None
+            or not decision.needs_secret
+            or decision.denials
+            or request.dry_run  # sideEffects: NoneOnDryRun
+            or not request.namespace
+        ):
+            return None
+        remaining = deadline - asyncio.get_running_loop().time()
+        return await self.secrets.ensure(request.namespace, max(remaining, 0.0))
+
+    def _record(self, outcome: Outcome, endpoint: Endpoint) -> None:
+        request, decision = outcome.request, outcome.decision
+        if self.metrics is not None:
+            self.metrics.admissions.labels(
+                endpoint, request.operation or "-", request.kind or "-", outcome.label
+            ).inc()
+            self.metrics.admission_duration.labels(endpoint).observe(outcome.seconds)
+            if endpoint == "mutate" and decision.rewrites:
+                self.metrics.images_rewritten.inc(len(decision.rewrites))
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, Any] = {
+            "uid": request.uid,
+            "endpoint": endpoint,
+            "operation": request.operation,
+            "kind": request.kind,
+            "namespace": request.namespace,
+            "name": request.name,
+            "outcome": outcome.label,
+            "duration_ms": round(outcome.seconds * 1000, 3),
+        }
+        if decision.rewrites:
+            fields["images"] = {r.original: r.image for r in decision.rewrites}
+        if decision.denials or (endpoint == "validate" and decision.violations):
+            fields["reasons"] = list(
+                decision.violations if endpoint == "validate" else decision.denials
+            )
+        if decision.warnings:
+            fields["warnings"] = list(decision.warnings)
+        log.info(
+            "%s %s %s/%s: %s in %.1f ms",
+            endpoint,
+            request.kind or "-",
+            request.namespace or "-",
+            request.name or "-",
+            outcome.label,
+            outcome.seconds * 1000,
+            extra={"fields": fields},
+        )
+
+
+def _with_warning(decision: Decision, warning: str) -> Decision:
+    return replace(decision, warnings=(*decision.warnings, warning))

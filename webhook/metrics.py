@@ -1,0 +1,71 @@
+"""Prometheus metrics, one registry per process (built in __main__, passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.admissions = Counter(
+            "image_proxy_webhook_admission_requests",
+            "Admission requests answered, by endpoint, operation, kind and outcome.",
+            ["endpoint", "operation", "kind", "outcome"],
+            registry=r,
+        )
+        self.admission_duration = Histogram(
+            "image_proxy_webhook_admission_duration_seconds",
+            "Server time per admission request.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_rewritten = Counter(
+            "image_proxy_webhook_images_rewritten",
+            "Container images rewritten by the mutating endpoint.",
+            registry=r,
+        )
+        self.probes = Counter(
+            "image_proxy_webhook_registry_probes",
+            "Anonymous registry probes, by visibility and reason.",
+            ["visibility", "reason"],
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "image_proxy_webhook_registry_probe_duration_seconds",
+            "Duration of one registry probe.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "image_proxy_webhook_visibility_cache_lookups",
+            "Visibility cache lookups, by result (hit or miss).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_size = Gauge(
+            "image_proxy_webhook_visibility_cache_entries",
+            "Repositories in the visibility cache.",
+            registry=r,
+        )
+        self.pull_secret_operations = Counter(
+            "image_proxy_webhook_pull_secret_operations",
+            "Pull secret operations against the API server, by action and result.",
+            ["action", "result"],
+            registry=r,
+        )
+
+    def track_cache_size(self, size: Callable[[], int]) -> None:
+        self.cache_size.set_function(size)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,197 @@
+"""TLS for the webhook: the server context, certificate reload, development certificates.
+
+A mounted Secret changes by a symlink swap and sends no usable file event, so the
+reloader polls the files and compares their content. The live SSLContext loads the
+new pair in place: connections accepted afterwards use it, open ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import ipaddress
+import logging
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+DEV_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True, slots=True)
+class CertPaths:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # set for generated development certificates
+
+
+def server_context(paths: CertPaths) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(paths.cert_file, paths.key_file)
+    return context
+
+
+def _fingerprint(paths: CertPaths) -> bytes:
+    digest = hashlib.sha256()
+    for path in (paths.cert_file, paths.key_file):
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.digest()
+
+
+class CertificateReloader:
+    """Polls the certificate files and loads a changed, consistent pair into the context."""
+
+    def __init__(self, context: ssl.SSLContext, paths: CertPaths, interval: float = 10.0) -> None:
+        self.context = context
+        self.paths = paths
+        self.interval = interval
+        self.healthy = True
+        self.reloads = 0
+        self._fingerprint = _fingerprint(paths)
+
+    def check(self) -> bool:
+        """Reload if the files changed; True when a new certificate was loaded."""
+        try:
+            fingerprint = _fingerprint(self.paths)
+            if fingerprint == self._fingerprint:
+                return False
+            # Try the pair on a scratch context first: during a rotation the
+            # certificate may be written before its key; keep the old pair until
+            # both match.
+            server_context(self.paths)
+            self.context.load_cert_chain(self.paths.cert_file, self.paths.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            self.healthy = False
+            log.warning(
+                "certificate reload from %s failed, keeping the current one: %s",
+                self.paths.cert_file,
+                exc,
+            )
+            return False
+        self._fingerprint = fingerprint
+        self.healthy = True
+        self.reloads += 1
+        log.info("loaded a new serving certificate from %s", self.paths.cert_file)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await asyncio.to_thread(self.check)
+
+
+# --- development certificates ---------------------------------------------
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def generate(out: Path, names: tuple[str, ...], days: int = 365) -> CertPaths:
+    """A development CA and a serving certificate for ``names`` (DNS names or IPs).
+
+    Writes ca.crt, ca.key, tls.crt and tls.key into ``out``.
+    """
+    if not names:
+        raise ValueError("at least one DNS name or IP address is needed")
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("image-proxy-webhook development CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(_san(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    paths = CertPaths(out / "tls.crt", out / "tls.key", out / "ca.crt")
+    _write(out / "ca.key", _pem_key(ca_key), private=True)
+    _write(out / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write(paths.key_file, _pem_key(key), private=True)
+    _write(paths.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    # Write then rename, so a reloader never reads half a file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    if private:
+        tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def self_signed(directory: Path | None = None) -> CertPaths:
+    """A development certificate for localhost in a private temporary directory."""
+    out = directory or Path(tempfile.mkdtemp(prefix="image-proxy-webhook-tls-"))
+    return generate(out, DEV_NAMES)
