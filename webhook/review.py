@@ -133,9 +133,22 @@ def template_of(
     """The pod spec this request asks about, or None when the webhook leaves it alone."""
     if request.operation not in MUTATED_OPERATIONS or request.object is None:
         return None
-    if request.namespace and not settings.covers(request.namespace, webhook_namespace):
+    return covered_template(
+        request.kind, request.namespace, request.object, settings, webhook_namespace
+    )
+
+
+def covered_template(
+    kind: str,
+    namespace: str,
+    obj: Mapping[str, Any],
+    settings: Settings,
+    webhook_namespace: str = "",
+) -> PodTemplate | None:
+    """The object's pod spec, if its kind and namespace are covered by the settings."""
+    if namespace and not settings.covers(namespace, webhook_namespace):
         return None
-    return podspec.find(request.kind, request.object, workloads=settings.mutate_workloads)
+    return podspec.find(kind, obj, workloads=settings.mutate_workloads)
 
 
 def _escape(key: str) -> str:
