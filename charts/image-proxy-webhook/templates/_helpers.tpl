@@ -1,0 +1,331 @@
+{{/*
+Names, labels and the pieces several templates share.
+*/}}
+
+{{- define "image-proxy-webhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name prefix; 52 characters leave room for the suffixes below. */}}
+{{- define "image-proxy-webhook.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "image-proxy-webhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "image-proxy-webhook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "image-proxy-webhook.labels" -}}
+helm.sh/chart: {{ include "image-proxy-webhook.chart" . }}
+{{ include "image-proxy-webhook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: admission-webhook
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "image-proxy-webhook.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "image-proxy-webhook.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Covered namespaces as a JSON list: `namespaces`, or [appSlug]. */}}
+{{- define "image-proxy-webhook.namespaces" -}}
+{{- if .Values.namespaces }}
+{{- toJson .Values.namespaces }}
+{{- else }}
+{{- list .Values.appSlug | toJson }}
+{{- end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.allNamespaces" -}}
+{{- if has "*" (include "image-proxy-webhook.namespaces" . | fromJsonArray) }}true{{ end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.pullSecretName" -}}
+{{- .Values.pullSecretName | default (printf "%s-registry" .Values.appSlug) }}
+{{- end }}
+
+{{- define "image-proxy-webhook.licenseSecretName" -}}
+{{- .Values.license.existingSecret | default (printf "%s-license" (include "image-proxy-webhook.fullname" .)) }}
+{{- end }}
+
+{{- define "image-proxy-webhook.hasLicense" -}}
+{{- if or .Values.license.existingSecret .Values.license.id }}true{{ end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.airgapSecretName" -}}
+{{- .Values.airgap.existingSecret | default (printf "%s-airgap" (include "image-proxy-webhook.fullname" .)) }}
+{{- end }}
+
+{{- define "image-proxy-webhook.hasAirgapPassword" -}}
+{{- if and (eq .Values.mode "airgap") (or .Values.airgap.existingSecret .Values.airgap.password) }}true{{ end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.tlsSecretName" -}}
+{{- if eq .Values.tls.mode "existingSecret" }}
+{{- .Values.tls.existingSecret }}
+{{- else }}
+{{- printf "%s-tls" (include "image-proxy-webhook.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.certificateName" -}}
+{{- include "image-proxy-webhook.fullname" . }}
+{{- end }}
+
+{{/* The names the API server may use for the Service. */}}
+{{- define "image-proxy-webhook.dnsNames" -}}
+{{- $svc := include "image-proxy-webhook.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/*
+tls.mode helm: the CA and serving certificate, as JSON {ca, crt, key} (PEM).
+The Secret of an earlier release is reused when it holds all three files, so an
+upgrade keeps the CA the webhook configurations trust. Otherwise a new pair is
+generated once per render and cached, so that the Secret and the webhook
+configurations (separate templates) agree.
+*/}}
+{{- define "image-proxy-webhook.helmTLS" -}}
+{{- $cache := index .Values "__imageProxyWebhookTLS" | default dict }}
+{{- if not $cache.crt }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "image-proxy-webhook.tlsSecretName" .) }}
+{{- $data := dig "data" dict $existing }}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") }}
+{{- $_ := set $cache "ca" (index $data "ca.crt" | b64dec) }}
+{{- $_ := set $cache "crt" (index $data "tls.crt" | b64dec) }}
+{{- $_ := set $cache "key" (index $data "tls.key" | b64dec) }}
+{{- else }}
+{{- $days := int .Values.tls.validityDays }}
+{{- $ca := genCA (printf "%s-ca" (include "image-proxy-webhook.fullname" .)) $days }}
+{{- $names := include "image-proxy-webhook.dnsNames" . | fromJsonArray }}
+{{- $cert := genSignedCert (index $names 2) nil $names $days $ca }}
+{{- $_ := set $cache "ca" $ca.Cert }}
+{{- $_ := set $cache "crt" $cert.Cert }}
+{{- $_ := set $cache "key" $cert.Key }}
+{{- end }}
+{{- $_ := set .Values "__imageProxyWebhookTLS" $cache }}
+{{- end }}
+{{- toJson $cache }}
+{{- end }}
+
+{{/* The caBundle for clientConfig (base64 of PEM), or "" when cert-manager injects it. */}}
+{{- define "image-proxy-webhook.caBundle" -}}
+{{- if or .Values.webhook.url (eq .Values.tls.mode "existingSecret") }}
+{{- $ca := .Values.tls.caBundle | trim }}
+{{- if hasPrefix "-----BEGIN" $ca }}{{ b64enc $ca }}{{ else }}{{ $ca }}{{ end }}
+{{- else if eq .Values.tls.mode "helm" }}
+{{- (include "image-proxy-webhook.helmTLS" . | fromJson).ca | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations of a webhook configuration (cert-manager CA injection). */}}
+{{- define "image-proxy-webhook.webhookAnnotations" -}}
+{{- if and (eq .Values.tls.mode "certManager") (not .Values.webhook.url) }}
+cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "image-proxy-webhook.certificateName" .) }}
+{{- end }}
+{{- end }}
+
+{{/* clientConfig for the path in .path; call with (dict "root" $ "path" "/mutate"). */}}
+{{- define "image-proxy-webhook.clientConfig" -}}
+{{- $root := .root }}
+{{- if $root.Values.webhook.url }}
+url: {{ printf "%s%s" (trimSuffix "/" $root.Values.webhook.url) .path | quote }}
+{{- else }}
+service:
+  name: {{ include "image-proxy-webhook.fullname" $root }}
+  namespace: {{ $root.Release.Namespace }}
+  path: {{ .path }}
+  port: {{ $root.Values.service.port }}
+{{- end }}
+{{- with include "image-proxy-webhook.caBundle" $root }}
+caBundle: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespaces the webhooks and the policy apply to: never the release namespace
+nor kube-system (the server refuses them too), and only the covered ones
+unless namespaces is ["*"]. Uses the kubernetes.io/metadata.name label that the
+API server sets on every namespace (Kubernetes 1.21+).
+*/}}
+{{- define "image-proxy-webhook.namespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: {{ list .Release.Namespace "kube-system" | uniq | toJson }}
+{{- if not (include "image-proxy-webhook.allNamespaces" .) }}
+  - key: kubernetes.io/metadata.name
+    operator: In
+    values: {{ include "image-proxy-webhook.namespaces" . }}
+{{- end }}
+{{- end }}
+
+{{/* Admission rules: Pods and their ephemeral containers, plus workloads when mutateWorkloads. */}}
+{{- define "image-proxy-webhook.rules" -}}
+- apiGroups: [""]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["pods", "pods/ephemeralcontainers"]
+  scope: Namespaced
+{{- if .Values.mutateWorkloads }}
+- apiGroups: ["apps"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
+  scope: Namespaced
+- apiGroups: [""]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["replicationcontrollers"]
+  scope: Namespaced
+- apiGroups: ["batch"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["jobs", "cronjobs"]
+  scope: Namespaced
+{{- end }}
+{{- end }}
+
+{{- define "image-proxy-webhook.terminationGracePeriodSeconds" -}}
+{{- $min := addf .Values.preStopSleepSeconds .Values.server.shutdownTimeoutSeconds }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- addf $min 5 | ceil | int }}
+{{- else if le (float64 .Values.terminationGracePeriodSeconds) $min }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be above preStopSleepSeconds + server.shutdownTimeoutSeconds (%v), or the server is killed before it finishes the requests in flight" .Values.terminationGracePeriodSeconds $min) }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express. Included by the
+Deployment, so every install runs them.
+*/}}
+{{- define "image-proxy-webhook.validate" -}}
+{{- if not .Values.appSlug }}
+{{- fail "appSlug is required (the application slug, e.g. my-app)" }}
+{{- end }}
+{{- if ge (float64 .Values.server.admissionDeadlineSeconds) (float64 .Values.webhook.timeoutSeconds) }}
+{{- fail (printf "server.admissionDeadlineSeconds (%v) must be below webhook.timeoutSeconds (%v): the server must answer before the API server gives up" .Values.server.admissionDeadlineSeconds .Values.webhook.timeoutSeconds) }}
+{{- end }}
+{{- if eq (int .Values.server.port) (int .Values.server.healthPort) }}
+{{- fail "server.healthPort must differ from server.port" }}
+{{- end }}
+{{- if and (eq .Values.mode "online") (not (include "image-proxy-webhook.hasLicense" .)) }}
+{{- fail "license.id or license.existingSecret is required in online mode" }}
+{{- end }}
+{{- if and (eq .Values.mode "airgap") (not .Values.airgap.registry) }}
+{{- fail "airgap.registry is required when mode is airgap" }}
+{{- end }}
+{{- if and (eq .Values.tls.mode "existingSecret") (not .Values.tls.existingSecret) }}
+{{- fail "tls.existingSecret is required when tls.mode is existingSecret" }}
+{{- end }}
+{{- if and (eq .Values.tls.mode "existingSecret") (not .Values.tls.caBundle) }}
+{{- fail "tls.caBundle is required when tls.mode is existingSecret (the CA the API server trusts for the webhook)" }}
+{{- end }}
+{{- $namespaces := include "image-proxy-webhook.namespaces" . | fromJsonArray }}
+{{- if and (has "*" $namespaces) (gt (len $namespaces) 1) }}
+{{- fail "namespaces: \"*\" already covers every namespace; list it alone" }}
+{{- end }}
+{{- range $namespaces }}
+{{- if or (eq . $.Release.Namespace) (eq . "kube-system") }}
+{{- fail (printf "namespaces: %q is never mutated (the webhook skips its own namespace and kube-system); install the webhook into a namespace of its own" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The webhook's config file (DESIGN.md §4); only keys webhook/config.py accepts. */}}
+{{- define "image-proxy-webhook.config" -}}
+{{- $v := .Values }}
+{{- $config := dict
+  "appSlug" $v.appSlug
+  "proxyDomain" $v.proxyDomain
+  "registryDomain" $v.registryDomain
+  "namespaces" (include "image-proxy-webhook.namespaces" . | fromJsonArray)
+  "mode" $v.mode
+  "visibility" $v.visibility
+  "probe" $v.probe
+  "mutateWorkloads" $v.mutateWorkloads
+}}
+{{- if include "image-proxy-webhook.hasLicense" . }}
+{{- $_ := set $config "licenseIDFile" "/etc/image-proxy-webhook/license/id" }}
+{{- end }}
+{{- if $v.pullSecretName }}
+{{- $_ := set $config "pullSecretName" $v.pullSecretName }}
+{{- end }}
+{{- if eq $v.mode "airgap" }}
+{{- $airgap := dict "registry" $v.airgap.registry "namespace" $v.airgap.namespace "username" $v.airgap.username }}
+{{- if include "image-proxy-webhook.hasAirgapPassword" . }}
+{{- $_ := set $airgap "passwordFile" "/etc/image-proxy-webhook/airgap/password" }}
+{{- end }}
+{{- $_ := set $config "airgap" $airgap }}
+{{- end }}
+{{- $_ := set $config "server" (dict
+  "host" $v.server.host
+  "port" $v.server.port
+  "healthPort" $v.server.healthPort
+  "certFile" "/etc/image-proxy-webhook/tls/tls.crt"
+  "keyFile" "/etc/image-proxy-webhook/tls/tls.key"
+  "admissionDeadlineSeconds" $v.server.admissionDeadlineSeconds
+  "shutdownTimeoutSeconds" $v.server.shutdownTimeoutSeconds
+) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+RBAC rules for the pull secret: create it, and read and update only that one
+Secret (create cannot be limited by name).
+*/}}
+{{- define "image-proxy-webhook.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: [{{ include "image-proxy-webhook.pullSecretName" . | quote }}]
+  verbs: ["get", "patch", "update"]
+{{- end }}
+
+{{- define "image-proxy-webhook.renderPolicy" -}}
+{{- if and .Values.validatingAdmissionPolicy.enabled (eq .Values.mode "airgap") (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") }}true{{ end }}
+{{- end }}
+
+{{/*
+CEL: every container of the Pod in .obj (object or oldObject) as
+{name, image}; containers, initContainers and ephemeralContainers, with the
+optional lists and the optional image field read safely.
+*/}}
+{{- define "image-proxy-webhook.celContainers" -}}
+{{- $entry := "{'name': c.name, 'image': c.?image.orValue('')}" -}}
+{{ .obj }}.spec.containers.map(c, {{ $entry }}) +
+{{ .obj }}.spec.?initContainers.orValue([]).map(c, {{ $entry }}) +
+{{ .obj }}.spec.?ephemeralContainers.orValue([]).map(c, {{ $entry }})
+{{- end }}
