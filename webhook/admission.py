@@ -39,14 +39,14 @@ class SecretEnsurer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    review: review.AdmissionReview
+    answer: review.AdmissionReview
     request: review.AdmissionRequest
     decision: Decision
     seconds: float
 
     @property
     def label(self) -> str:
-        response = self.review["response"]
+        response = self.answer["response"]
         if not response["allowed"]:
             return "denied"
         if "patch" in response:

@@ -75,7 +75,7 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Respon
         except Exception:
             log.exception("%s: unexpected error answering an admission request", endpoint)
             return _internal_error_answer(body, endpoint)
-        return web.Response(body=review.encode(outcome.review), content_type=JSON)
+        return web.Response(body=review.encode(outcome.answer), content_type=JSON)
 
     return handle
 

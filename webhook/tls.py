@@ -192,6 +192,8 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
 
 
 def self_signed(directory: Path | None = None) -> CertPaths:
-    """A development certificate for localhost in a private temporary directory."""
-    out = directory or Path(tempfile.mkdtemp(prefix="image-proxy-webhook-tls-"))
+    """A fresh development certificate for localhost, by default in
+    ``$TMPDIR/image-proxy-webhook-tls`` so that its CA is easy to find."""
+    out = directory or Path(tempfile.gettempdir()) / "image-proxy-webhook-tls"
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     return generate(out, DEV_NAMES)
