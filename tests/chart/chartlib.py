@@ -1,0 +1,73 @@
+"""Shared pieces of the Helm chart tests: real Helm (helm-python-sdk), the Kubernetes
+schemas (kubernetes-validate) and a real CEL engine (cel-expr-python).
+
+A missing tool skips the tests that need it on a developer machine and fails
+them in CI (CI=true), so CI can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "image-proxy-webhook"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE = "rel"
+NAMESPACE = "ipw"
+VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+KUBE_VERSION = "1.30.0"
+
+
+def require(module: str, pip_name: str) -> ModuleType:
+    """Import a tool; skip locally, fail in CI when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{pip_name} is not installed ({exc}); pip install {pip_name}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One `helm template` run: the documents with the template each came from."""
+
+    documents: list[tuple[str, dict[str, Any]]]
+    notes: str
+    values: dict[str, Any]  # the values as Helm merged them with the defaults
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for _, doc in self.documents if doc["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str) -> dict[str, Any] | None:
+        found = self.all(kind)
+        assert len(found) <= 1, f"expected at most one {kind}, got {len(found)}"
+        return found[0] if found else None
+
+    @property
+    def config_text(self) -> str:
+        text: str = self.one("ConfigMap")["data"]["config.yaml"]
+        return text
+
+
+RenderFn = Callable[..., Rendered]
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    assert isinstance(data, dict)
+    return data

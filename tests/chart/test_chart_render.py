@@ -1,0 +1,677 @@
+"""The Helm chart, rendered with real Helm over the values matrix in
+charts/image-proxy-webhook/ci/, checked against the Kubernetes schemas, the
+server's own config parser and the product contract (DESIGN.md, issue 5)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from chartlib import (
+    CHART,
+    CI_VALUES,
+    KUBE_VERSION,
+    NAMESPACE,
+    VAP_API,
+    Rendered,
+    RenderFn,
+    load_values,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from webhook import config as server_config
+
+pytestmark = pytest.mark.chart
+
+CAPABLE = {"api_versions": (VAP_API,), "kube_version": KUBE_VERSION}
+BASE = {"appSlug": "my-app", "license": {"id": "test-license-id"}}
+NAME_LABEL = "kubernetes.io/metadata.name"
+OPT_OUT = "image-proxy-webhook.io/ignore"
+CONFIG_PATH = "/etc/image-proxy-webhook/config.yaml"
+
+POD_RULES = {
+    ("", "v1", resource, op)
+    for resource in ("pods", "pods/ephemeralcontainers")
+    for op in ("CREATE", "UPDATE")
+}
+WORKLOAD_RULES = {
+    (group, "v1", resource, op)
+    for group, resources in {
+        "apps": ("deployments", "statefulsets", "daemonsets", "replicasets"),
+        "": ("replicationcontrollers",),
+        "batch": ("jobs", "cronjobs"),
+    }.items()
+    for resource in resources
+    for op in ("CREATE", "UPDATE")
+}
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+# --- small evaluators of Kubernetes semantics --------------------------------
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector as the API server evaluates it."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        present = key in labels
+        ok = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    for rule in rules:
+        assert rule.get("scope", "Namespaced") == "Namespaced"
+    return {
+        (group, version, resource, op)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for version in rule["apiVersions"]
+        for resource in rule["resources"]
+        for op in rule["operations"]
+    }
+
+
+def permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(resource, verb, resourceName or '*') for every RBAC rule."""
+    result = set()
+    for rule in rules:
+        assert rule["apiGroups"] == [""], rule
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                for name in rule.get("resourceNames") or ["*"]:
+                    result.add((resource, verb, name))
+    return result
+
+
+def container(rendered: Rendered) -> dict[str, Any]:
+    [only] = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def mounted_file(rendered: Rendered, path: str) -> tuple[dict[str, Any], str]:
+    """The volume and the key in it that a file path of the container comes from."""
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container(rendered)["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "subPath" in mount:
+            if mount["mountPath"] == path:
+                return volume, mount["subPath"]
+            continue
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix):
+            relative = path[len(prefix) :]
+            source = volume.get("secret") or volume.get("configMap") or {}
+            items = source.get("items")
+            if items is None:
+                return volume, relative
+            [key] = [item["key"] for item in items if item["path"] == relative]
+            return volume, key
+    raise AssertionError(f"{path} is not mounted into the webhook container")
+
+
+def secret_value(rendered: Rendered, name: str, key: str) -> str | None:
+    """The decoded value of a Secret the chart renders, or None if it renders none."""
+    for secret in rendered.all("Secret"):
+        if secret["metadata"]["name"] == name:
+            return base64.b64decode(secret["data"][key]).decode()
+    return None
+
+
+def webhooks(rendered: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(kind, configuration, webhook) for every admission webhook rendered."""
+    found = []
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for configuration in rendered.all(kind):
+            for hook in configuration["webhooks"]:
+                found.append((kind, configuration, hook))
+    return found
+
+
+# --- the values matrix -------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=CI_VALUES, ids=lambda p: p.name.removesuffix("-values.yaml"))
+def case(request: pytest.FixtureRequest, render: RenderFn) -> Rendered:
+    return render(load_values(request.param), **CAPABLE)
+
+
+def test_matrix_covers_the_issue() -> None:
+    values = [load_values(path) for path in CI_VALUES]
+    modes = {v.get("tls", {}).get("mode", "helm") for v in values}
+    assert modes == {"helm", "certManager", "existingSecret"}
+    assert {v.get("mode", "online") for v in values} == {"online", "airgap"}
+    assert {v.get("validatingWebhook", {}).get("enabled", False) for v in values} == {True, False}
+    assert {v.get("mutateWorkloads", False) for v in values} == {True, False}
+    assert any(v.get("namespaces") == ["*"] for v in values)
+    assert any(v.get("webhook", {}).get("url") for v in values)
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_lint_strict(helm: ModuleType, values_file: Path | None) -> None:
+    values = load_values(values_file) if values_file else None
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_lint_reports_a_values_typo(helm: ModuleType) -> None:
+    report = helm.lint(CHART, merged(BASE, {"replicas": 3}), strict=True, namespace=NAMESPACE)
+    assert any("replicas" in m["error"] for m in report["messages"] if m["severity"] >= 2), report
+
+
+def test_documents_are_valid_kubernetes(case: Rendered, kubernetes_validate: ModuleType) -> None:
+    cert_manager_spec_keys = {
+        "Certificate": {"secretName", "dnsNames", "duration", "renewBefore", "usages",
+                        "privateKey", "issuerRef", "isCA", "commonName"},
+        "Issuer": {"selfSigned", "ca"},
+    }
+    for path, doc in case.documents:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "rel", path
+        assert labels["app.kubernetes.io/name"] == "image-proxy-webhook", path
+        if doc["apiVersion"] == "cert-manager.io/v1":  # no schema in kubernetes-validate
+            assert set(doc["spec"]) <= cert_manager_spec_keys[doc["kind"]], path
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
+    v = case.values
+    data = yaml.safe_load(case.config_text)
+    settings = server_config.parse(data)  # raises ConfigError on any key the server rejects
+
+    assert settings.app_slug == v["appSlug"]
+    assert settings.namespaces == tuple(v["namespaces"] or [v["appSlug"]])
+    assert settings.mode.value == v["mode"]
+    assert settings.proxy_domain == v["proxyDomain"]
+    assert settings.registry_domain == v["registryDomain"]
+    assert settings.secret_name == (v["pullSecretName"] or f"{v['appSlug']}-registry")
+    assert settings.mutate_workloads is v["mutateWorkloads"]
+    assert [(o.match, o.visibility.value) for o in settings.visibility.overrides] == [
+        (o["match"], o["visibility"]) for o in v["visibility"]["overrides"]
+    ]
+    assert settings.visibility.on_probe_failure.value == v["visibility"]["onProbeFailure"]
+    assert settings.visibility.ttl_seconds == v["visibility"]["ttlSeconds"]
+    assert settings.probe.timeout_seconds == v["probe"]["timeoutSeconds"]
+    assert settings.probe.insecure_registries == frozenset(v["probe"]["insecureRegistries"])
+    assert settings.server.admission_deadline_seconds == v["server"]["admissionDeadlineSeconds"]
+    assert settings.server.shutdown_timeout_seconds == v["server"]["shutdownTimeoutSeconds"]
+
+    # The config file is what the container reads, and each file it names is mounted.
+    args = container(case)["args"]
+    assert args == ["serve", "--config", CONFIG_PATH, "--log-format", v["server"]["logFormat"]]
+    assert container(case)["command"] == ["image-proxy-webhook"]
+    volume, key = mounted_file(case, CONFIG_PATH)
+    assert volume["configMap"]["name"] == case.one("ConfigMap")["metadata"]["name"]
+    assert key == "config.yaml"
+
+    mode = v["tls"]["mode"]
+    if mode == "helm":
+        [tls] = [s for s in case.all("Secret") if s["type"] == "kubernetes.io/tls"]
+        tls_secret = tls["metadata"]["name"]
+    elif mode == "certManager":
+        [serving] = [c for c in case.all("Certificate") if not c["spec"].get("isCA")]
+        tls_secret = serving["spec"]["secretName"]
+    else:
+        tls_secret = v["tls"]["existingSecret"]
+    for path, key in ((settings.server.cert_file, "tls.crt"), (settings.server.key_file, "tls.key")):
+        volume, mounted_key = mounted_file(case, path)
+        assert (volume["secret"]["secretName"], mounted_key) == (tls_secret, key)
+
+    # Secrets reach the server as files, never through the ConfigMap.
+    assert settings.license_id == ""
+    if v["license"]["id"] or v["license"]["existingSecret"]:
+        volume, key = mounted_file(case, settings.license_id_file)
+        name = volume["secret"]["secretName"]
+        if v["license"]["existingSecret"]:
+            assert name == v["license"]["existingSecret"]
+            assert secret_value(case, name, key) is None
+        else:
+            assert secret_value(case, name, key) == v["license"]["id"]
+            assert v["license"]["id"] not in case.config_text
+    else:
+        assert settings.license_id_file == ""
+
+    if v["mode"] == "airgap":
+        assert settings.airgap.registry == v["airgap"]["registry"]
+        assert settings.airgap.namespace == v["airgap"]["namespace"]
+        assert settings.airgap.username == v["airgap"]["username"]
+        if v["airgap"]["password"] or v["airgap"]["existingSecret"]:
+            volume, key = mounted_file(case, settings.airgap.password_file)
+            name = volume["secret"]["secretName"]
+            expected = None if v["airgap"]["existingSecret"] else v["airgap"]["password"]
+            assert secret_value(case, name, key) == expected
+            if v["airgap"]["password"]:
+                assert v["airgap"]["password"] not in case.config_text
+        else:
+            assert settings.airgap.password_file == ""
+    else:
+        assert "airgap" not in data
+
+
+def test_webhook_configurations(case: Rendered) -> None:
+    v = case.values
+    covered = v["namespaces"] or [v["appSlug"]]
+    rules = POD_RULES | (WORKLOAD_RULES if v["mutateWorkloads"] else set())
+    kinds = [kind for kind, _, _ in webhooks(case)]
+    expected_kinds = ["MutatingWebhookConfiguration"]
+    if v["validatingWebhook"]["enabled"]:
+        expected_kinds.append("ValidatingWebhookConfiguration")
+    assert kinds == expected_kinds
+
+    for kind, _, hook in webhooks(case):
+        mutating = kind == "MutatingWebhookConfiguration"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert rule_set(hook["rules"]) == rules
+        assert hook["sideEffects"] == "NoneOnDryRun"
+        assert hook["timeoutSeconds"] == v["webhook"]["timeoutSeconds"]
+        assert v["server"]["admissionDeadlineSeconds"] < hook["timeoutSeconds"]
+        policy = v["webhook" if mutating else "validatingWebhook"]["failurePolicy"]
+        assert hook["failurePolicy"] == policy
+        if mutating:
+            assert hook["reinvocationPolicy"] == "IfNeeded"
+        else:
+            assert "reinvocationPolicy" not in hook
+
+        selector = hook["namespaceSelector"]
+        for namespace in (NAMESPACE, "kube-system"):
+            assert not selects(selector, {NAME_LABEL: namespace}), namespace
+        for namespace in covered:
+            if namespace != "*":
+                assert selects(selector, {NAME_LABEL: namespace}), namespace
+        assert selects(selector, {NAME_LABEL: "unrelated"}) is (covered == ["*"])
+
+        objects = hook.get("objectSelector", {})
+        assert selects(objects, {}) and selects(objects, {OPT_OUT: "false"})
+        # The opt-out label stops mutation only; the admin's policy still applies.
+        assert selects(objects, {OPT_OUT: "true"}) is not mutating
+
+
+def test_client_config_and_ca(case: Rendered) -> None:
+    v = case.values
+    service = case.one("Service")
+    [https] = [p for p in service["spec"]["ports"] if p["name"] == "https"]
+    ports = {p["name"]: p["containerPort"] for p in container(case)["ports"]}
+    assert https["targetPort"] == "https" and ports["https"] == v["server"]["port"]
+
+    for kind, configuration, hook in webhooks(case):
+        path = "/mutate" if kind.startswith("Mutating") else "/validate"
+        client = hook["clientConfig"]
+        annotations = configuration["metadata"].get("annotations", {})
+        if v["webhook"]["url"]:
+            assert client == {"url": v["webhook"]["url"] + path, "caBundle": v["tls"]["caBundle"]}
+            assert annotations == {}
+            continue
+        assert client["service"] == {
+            "name": service["metadata"]["name"],
+            "namespace": NAMESPACE,
+            "path": path,
+            "port": https["port"],
+        }
+        mode = v["tls"]["mode"]
+        if mode == "certManager":
+            assert "caBundle" not in client
+            [serving] = [c for c in case.all("Certificate") if not c["spec"].get("isCA")]
+            assert annotations == {
+                "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{serving['metadata']['name']}"
+            }
+        elif mode == "existingSecret":
+            assert annotations == {}
+            pem = base64.b64decode(client["caBundle"]).decode()
+            assert pem.strip() == v["tls"]["caBundle"].strip()
+            assert not case.all("Secret") or all(
+                s["type"] != "kubernetes.io/tls" for s in case.all("Secret")
+            )
+        else:
+            assert annotations == {}
+            [secret] = [s for s in case.all("Secret") if s["type"] == "kubernetes.io/tls"]
+            assert client["caBundle"] == secret["data"]["ca.crt"]
+
+
+def test_helm_generated_certificate(render: RenderFn) -> None:
+    rendered = render(merged(BASE, {"validatingWebhook": {"enabled": True}}))
+    [secret] = [s for s in rendered.all("Secret") if s["type"] == "kubernetes.io/tls"]
+    pem = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    ca = x509.load_pem_x509_certificate(pem["ca.crt"])
+    leaf = x509.load_pem_x509_certificate(pem["tls.crt"])
+    leaf.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key(pem["tls.key"], password=None)
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+    service = rendered.one("Service")["metadata"]["name"]
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{service}.{NAMESPACE}.svc" in names.get_values_for_type(x509.DNSName)
+    # Both webhooks trust the CA of that Secret: one pair per render, shared by the templates.
+    bundles = [hook["clientConfig"]["caBundle"] for _, _, hook in webhooks(rendered)]
+    assert bundles == [secret["data"]["ca.crt"]] * 2
+
+
+def test_cert_manager_chain(render: RenderFn) -> None:
+    rendered = render(merged(BASE, {"tls": {"mode": "certManager"}}))
+    issuers = {i["metadata"]["name"]: i["spec"] for i in rendered.all("Issuer")}
+    certificates = {c["metadata"]["name"]: c["spec"] for c in rendered.all("Certificate")}
+    [serving] = [c for c in certificates.values() if not c.get("isCA")]
+    [ca] = [c for c in certificates.values() if c.get("isCA")]
+    ca_issuer = issuers[serving["issuerRef"]["name"]]
+    assert ca_issuer == {"ca": {"secretName": ca["secretName"]}}
+    assert issuers[ca["issuerRef"]["name"]] == {"selfSigned": {}}
+    service = rendered.one("Service")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in serving["dnsNames"]
+    assert "server auth" in serving["usages"]
+
+    own = {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    rendered = render(merged(BASE, {"tls": {"mode": "certManager", "certManager": {"issuerRef": own}}}))
+    assert rendered.all("Issuer") == []
+    assert rendered.one("Certificate")["spec"]["issuerRef"] == own
+
+
+def test_deployment(case: Rendered) -> None:
+    v = case.values
+    deployment = case.one("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == v["replicaCount"]
+    assert selects(deployment["spec"]["selector"], labels)
+    assert selects({"matchLabels": case.one("Service")["spec"]["selector"]}, labels)
+
+    # Restricted Pod Security Standard.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for key in ("runAsUser", "runAsGroup"):
+        assert pod["securityContext"].get(key) == v["securityContext"].get(key)
+    c = container(case)
+    assert c["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert "hostNetwork" not in pod and "hostPID" not in pod
+
+    # Health on the plain HTTP port the server is configured with.
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["health"] == v["server"]["healthPort"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+
+    # Shutdown: the preStop pause, then the server's drain, both inside the grace period.
+    pause = v["preStopSleepSeconds"]
+    if pause:
+        assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": pause}}
+    else:
+        assert "lifecycle" not in c
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > pause + v["server"]["shutdownTimeoutSeconds"]
+    if v.get("terminationGracePeriodSeconds") is not None:
+        assert grace == v["terminationGracePeriodSeconds"]
+
+    tag = v["image"]["tag"] or "0.1.0"
+    digest = f"@{v['image']['digest']}" if v["image"]["digest"] else ""
+    assert c["image"] == f"{v['image']['repository']}:{tag}{digest}"
+    assert c["volumeMounts"][-1] == {"name": "tmp", "mountPath": "/tmp"}  # writable scratch
+
+    # Replicas spread over nodes unless the admin sets an affinity.
+    if not v["affinity"]:
+        [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert selects(term["podAffinityTerm"]["labelSelector"], labels)
+
+    # A config change rolls the Pods (the file is mounted by subPath).
+    checksum = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum == hashlib.sha256(case.config_text.rstrip("\n").encode()).hexdigest()
+
+    pdb = case.maybe("PodDisruptionBudget")
+    assert (pdb is not None) is v["podDisruptionBudget"]["enabled"]
+    if pdb:
+        assert pdb["apiVersion"] == "policy/v1"
+        assert selects(pdb["spec"]["selector"], labels)
+        assert pdb["spec"]["maxUnavailable"] == v["podDisruptionBudget"]["maxUnavailable"]
+
+
+def test_rbac_is_least_privilege(case: Rendered) -> None:
+    v = case.values
+    covered = v["namespaces"] or [v["appSlug"]]
+    account = case.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert case.one("ServiceAccount")["metadata"]["name"] == account
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    secret = server_config.parse(yaml.safe_load(case.config_text)).secret_name
+    secret_rights = {("secrets", "create", "*")} | {
+        ("secrets", verb, secret) for verb in ("get", "patch", "update")
+    }
+    namespace_rights = {("namespaces", verb, "*") for verb in ("get", "list", "watch")}
+
+    cluster_role = case.one("ClusterRole")
+    binding = case.one("ClusterRoleBinding")
+    assert binding["subjects"] == subject
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    roles = {r["metadata"]["namespace"]: r for r in case.all("Role")}
+    role_bindings = {b["metadata"]["namespace"]: b for b in case.all("RoleBinding")}
+    if covered == ["*"]:
+        assert permissions(cluster_role["rules"]) == namespace_rights | secret_rights
+        assert roles == {} and role_bindings == {}
+    else:
+        assert permissions(cluster_role["rules"]) == namespace_rights
+        assert set(roles) == set(role_bindings) == set(covered)
+        for namespace, role in roles.items():
+            assert permissions(role["rules"]) == secret_rights
+            assert role_bindings[namespace]["subjects"] == subject
+            assert role_bindings[namespace]["roleRef"] == {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": role["metadata"]["name"],
+            }
+
+
+def test_network_policy(case: Rendered) -> None:
+    policy = case.maybe("NetworkPolicy")
+    assert (policy is not None) is case.values["networkPolicy"]["enabled"]
+    if policy:
+        labels = case.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert selects(policy["spec"]["podSelector"], labels)
+        by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+        assert "from" not in by_port["https"]  # the API server's address is unknown
+        assert by_port["health"].get("from", []) == case.values["networkPolicy"]["metricsFrom"]
+
+
+def test_notes_tell_how_to_check(case: Rendered) -> None:
+    name = case.one("Deployment")["metadata"]["name"]
+    assert f"rollout status deployment/{name}" in case.notes
+    assert "--dry-run=server" in case.notes
+    assert "image-proxy-webhook.io/original-images" in case.notes
+
+
+# --- capabilities ------------------------------------------------------------
+
+AIRGAP = {"appSlug": "my-app", "mode": "airgap", "airgap": {"registry": "registry.local:5000"}}
+
+
+@pytest.mark.parametrize(
+    ("values", "capable", "expected"),
+    [
+        (AIRGAP, True, True),
+        (AIRGAP, False, False),
+        (BASE, True, False),  # online mode: every rule needs the registry
+        (merged(AIRGAP, {"validatingAdmissionPolicy": {"enabled": False}}), True, False),
+    ],
+    ids=["airgap-capable", "airgap-old-cluster", "online", "disabled"],
+)
+def test_policy_renders_only_with_the_api(
+    render: RenderFn, values: dict[str, Any], capable: bool, expected: bool
+) -> None:
+    rendered = render(values, **(CAPABLE if capable else {}))
+    policy = rendered.maybe("ValidatingAdmissionPolicy")
+    binding = rendered.maybe("ValidatingAdmissionPolicyBinding")
+    assert (policy is not None, binding is not None) == (expected, expected)
+    if policy and binding:
+        assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        assert rule_set(policy["spec"]["matchConstraints"]["resourceRules"]) == POD_RULES
+        selector = binding["spec"]["matchResources"]["namespaceSelector"]
+        assert not selects(selector, {NAME_LABEL: NAMESPACE})
+        assert not selects(selector, {NAME_LABEL: "kube-system"})
+        assert selects(selector, {NAME_LABEL: "my-app"})
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "pre_stop"),
+    [
+        ("1.29.0", {"exec": {"command": ["python3", "-c", "import time; time.sleep(5)"]}}),
+        ("1.30.0", {"sleep": {"seconds": 5}}),
+    ],
+)
+def test_pre_stop_pause_fits_the_cluster(
+    render: RenderFn, kube_version: str, pre_stop: dict[str, Any]
+) -> None:
+    rendered = render(BASE, kube_version=kube_version)
+    assert container(rendered)["lifecycle"]["preStop"] == pre_stop
+
+
+# --- values that must not install --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"replicas": 3}, "'replicas' not allowed"),
+        ({"webhook": {"timeoutSecond": 5}}, "'timeoutSecond' not allowed"),
+        ({"tls": {"certManager": {"issuer": "x"}}}, "'issuer' not allowed"),
+        ({"visibility": {"overrides": [{"match": "a/*", "visibilty": "private"}]}}, "'visibilty'"),
+        ({"mode": "offline"}, "/mode"),
+        ({"tls": {"mode": "certmanager"}}, "/tls/mode"),
+        ({"appSlug": "My_App"}, "/appSlug"),
+        ({"namespaces": ["Bad_NS"]}, "/namespaces/0"),
+        ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+        ({"webhook": {"failurePolicy": "ignore"}}, "/webhook/failurePolicy"),
+        ({"server": {"port": "8443"}}, "/server/port"),
+        ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
+        ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),
+        ({"validatingAdmissionPolicy": {"validationActions": ["Deny", "Warn"]}}, "validationActions"),
+        ({"airgap": {"registry": "https://registry.local"}}, "/airgap/registry"),
+    ],
+)
+def test_schema_rejects(render: RenderFn, helm: ModuleType, patch: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as error:
+        render(merged(BASE, patch))
+    assert where in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"server": {"admissionDeadlineSeconds": 10}}, "must be below webhook.timeoutSeconds"),
+        ({"server": {"admissionDeadlineSeconds": 5.5}, "webhook": {"timeoutSeconds": 5}},
+         "must be below webhook.timeoutSeconds"),
+        ({"terminationGracePeriodSeconds": 20}, "must be above preStopSleepSeconds"),
+        ({"server": {"healthPort": 8443}}, "server.healthPort must differ"),
+        ({"license": {"id": ""}}, "license.id or license.existingSecret is required"),
+        ({"appSlug": ""}, "appSlug is required"),
+        ({"mode": "airgap"}, "airgap.registry is required"),
+        ({"tls": {"mode": "existingSecret", "existingSecret": "x"}}, "tls.caBundle is required"),
+        ({"tls": {"mode": "existingSecret", "caBundle": "x"}}, "tls.existingSecret is required"),
+        ({"namespaces": [NAMESPACE]}, "is never mutated"),
+        ({"namespaces": ["kube-system"]}, "is never mutated"),
+        ({"namespaces": ["*", "my-app"]}, "list it alone"),
+    ],
+)
+def test_inconsistent_values_fail_clearly(
+    render: RenderFn, helm: ModuleType, patch: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError) as error:
+        render(merged(BASE, patch))
+    assert message in str(error.value)
+
+
+def test_the_limits_themselves_render(render: RenderFn) -> None:
+    rendered = render(
+        merged(BASE, {"server": {"admissionDeadlineSeconds": 9.5}, "terminationGracePeriodSeconds": 21})
+    )
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 21
+
+
+# --- values.yaml and values.schema.json --------------------------------------
+
+
+def _schema_objects(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    if node.get("properties"):
+        found.append((path, node))
+        for key, child in node["properties"].items():
+            found.extend(_schema_objects(child, f"{path}.{key}".lstrip(".")))
+    if isinstance(node.get("items"), dict):
+        found.extend(_schema_objects(node["items"], f"{path}[]"))
+    return found
+
+
+def _documented_keys(text: str) -> dict[str, bool]:
+    """Dotted key path -> whether a comment sits directly above the key."""
+    result: dict[str, bool] = {}
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in text.splitlines():
+        match = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if match:
+            indent = len(match.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match.group(2)))
+            result[".".join(k for _, k in stack)] = previous.lstrip().startswith("#")
+        if line.strip():
+            previous = line
+    return result
+
+
+def test_schema_is_closed_and_every_value_documented(chart: Any) -> None:
+    schema = chart.schema
+    for path, node in _schema_objects(schema):
+        assert node.get("additionalProperties") is False, f"{path or 'root'} is open"
+
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    documented = _documented_keys(text)
+    leaves = []
+
+    def walk(values: dict[str, Any], node: dict[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            child = node["properties"].get(key)
+            assert child is not None, f"{path} is in values.yaml but not in the schema"
+            if isinstance(value, dict) and child.get("properties"):
+                walk(value, child, f"{path}.")
+            else:
+                leaves.append(path)
+
+    walk(yaml.safe_load(text), schema, "")
+    undocumented = [path for path in leaves if not documented.get(path)]
+    assert undocumented == []
+    missing = set(schema["properties"]) - set(yaml.safe_load(text)) - {"global"}
+    assert missing == set(), "schema keys without a default in values.yaml"
