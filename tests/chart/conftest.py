@@ -78,4 +78,3 @@ def render(helm: ModuleType, chart: Any) -> RenderFn:
         return Rendered(documents, notes, chart.merge_values(values))
 
     return run
-

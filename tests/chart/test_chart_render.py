@@ -175,10 +175,14 @@ def test_matrix_covers_the_issue() -> None:
     assert any(v.get("webhook", {}).get("url") for v in values)
 
 
-@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+@pytest.mark.parametrize(
+    "values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults"
+)
 def test_lint_strict(helm: ModuleType, values_file: Path | None) -> None:
     values = load_values(values_file) if values_file else None
-    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    report = helm.lint(
+        CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}"
+    )
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], report
 
@@ -190,8 +194,17 @@ def test_lint_reports_a_values_typo(helm: ModuleType) -> None:
 
 def test_documents_are_valid_kubernetes(case: Rendered, kubernetes_validate: ModuleType) -> None:
     cert_manager_spec_keys = {
-        "Certificate": {"secretName", "dnsNames", "duration", "renewBefore", "usages",
-                        "privateKey", "issuerRef", "isCA", "commonName"},
+        "Certificate": {
+            "secretName",
+            "dnsNames",
+            "duration",
+            "renewBefore",
+            "usages",
+            "privateKey",
+            "issuerRef",
+            "isCA",
+            "commonName",
+        },
         "Issuer": {"selfSigned", "ca"},
     }
     for path, doc in case.documents:
@@ -243,7 +256,10 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
         tls_secret = serving["spec"]["secretName"]
     else:
         tls_secret = v["tls"]["existingSecret"]
-    for path, key in ((settings.server.cert_file, "tls.crt"), (settings.server.key_file, "tls.key")):
+    for path, key in (
+        (settings.server.cert_file, "tls.crt"),
+        (settings.server.key_file, "tls.key"),
+    ):
         volume, mounted_key = mounted_file(case, path)
         assert (volume["secret"]["secretName"], mounted_key) == (tls_secret, key)
 
@@ -388,7 +404,9 @@ def test_cert_manager_chain(render: RenderFn) -> None:
     assert "server auth" in serving["usages"]
 
     own = {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
-    rendered = render(merged(BASE, {"tls": {"mode": "certManager", "certManager": {"issuerRef": own}}}))
+    rendered = render(
+        merged(BASE, {"tls": {"mode": "certManager", "certManager": {"issuerRef": own}}})
+    )
     assert rendered.all("Issuer") == []
     assert rendered.one("Certificate")["spec"]["issuerRef"] == own
 
@@ -422,7 +440,10 @@ def test_deployment(case: Rendered) -> None:
     assert ports["health"] == v["server"]["healthPort"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in c["env"]
 
     # Shutdown: the preStop pause, then the server's drain, both inside the grace period.
     pause = v["preStopSleepSeconds"]
@@ -442,7 +463,9 @@ def test_deployment(case: Rendered) -> None:
 
     # Replicas spread over nodes unless the admin sets an affinity.
     if not v["affinity"]:
-        [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [term] = pod["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
         assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
         assert selects(term["podAffinityTerm"]["labelSelector"], labels)
 
@@ -576,11 +599,16 @@ def test_pre_stop_pause_fits_the_cluster(
         ({"server": {"port": "8443"}}, "/server/port"),
         ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
         ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),
-        ({"validatingAdmissionPolicy": {"validationActions": ["Deny", "Warn"]}}, "validationActions"),
+        (
+            {"validatingAdmissionPolicy": {"validationActions": ["Deny", "Warn"]}},
+            "validationActions",
+        ),
         ({"airgap": {"registry": "https://registry.local"}}, "/airgap/registry"),
     ],
 )
-def test_schema_rejects(render: RenderFn, helm: ModuleType, patch: dict[str, Any], where: str) -> None:
+def test_schema_rejects(
+    render: RenderFn, helm: ModuleType, patch: dict[str, Any], where: str
+) -> None:
     with pytest.raises(helm.HelmValuesError) as error:
         render(merged(BASE, patch))
     assert where in str(error.value)
@@ -590,8 +618,10 @@ def test_schema_rejects(render: RenderFn, helm: ModuleType, patch: dict[str, Any
     ("patch", "message"),
     [
         ({"server": {"admissionDeadlineSeconds": 10}}, "must be below webhook.timeoutSeconds"),
-        ({"server": {"admissionDeadlineSeconds": 5.5}, "webhook": {"timeoutSeconds": 5}},
-         "must be below webhook.timeoutSeconds"),
+        (
+            {"server": {"admissionDeadlineSeconds": 5.5}, "webhook": {"timeoutSeconds": 5}},
+            "must be below webhook.timeoutSeconds",
+        ),
         ({"terminationGracePeriodSeconds": 20}, "must be above preStopSleepSeconds"),
         ({"server": {"healthPort": 8443}}, "server.healthPort must differ"),
         ({"license": {"id": ""}}, "license.id or license.existingSecret is required"),
@@ -614,9 +644,14 @@ def test_inconsistent_values_fail_clearly(
 
 def test_the_limits_themselves_render(render: RenderFn) -> None:
     rendered = render(
-        merged(BASE, {"server": {"admissionDeadlineSeconds": 9.5}, "terminationGracePeriodSeconds": 21})
+        merged(
+            BASE, {"server": {"admissionDeadlineSeconds": 9.5}, "terminationGracePeriodSeconds": 21}
+        )
     )
-    assert rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 21
+    assert (
+        rendered.one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        == 21
+    )
 
 
 # --- values.yaml and values.schema.json --------------------------------------
