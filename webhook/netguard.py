@@ -153,7 +153,8 @@ class NetGuard:
                 h.lower().rstrip(".") for h in settings.insecure_registries
             ),
             allow_private_networks=settings.allow_private_networks,
-            dns_timeout=settings.timeout_seconds,
+            # below the probe's own timeout, so a lookup that hangs reports dns-error
+            dns_timeout=settings.timeout_seconds * 0.75,
         )
 
     def is_insecure(self, host: str, port: int | None = None) -> bool:

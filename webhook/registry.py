@@ -47,7 +47,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -386,14 +386,20 @@ def make_session(
 class RegistryClient:
     """Asks registries, anonymously, whether a repository can be pulled."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: ProbeSettings) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: ProbeSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._session = session
         self._settings = settings
         self._guard = NetGuard.from_settings(settings)
         self._tokens: TLRUCache[tuple[str, str, str], _Token] = TLRUCache(
             maxsize=TOKEN_CACHE_SIZE,
             ttu=lambda _key, token, now: now + token.lifetime,
-            timer=time.monotonic,
+            timer=clock,
         )
         self.token_requests = 0  # anonymous token fetches made (for tests and metrics)
 

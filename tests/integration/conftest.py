@@ -128,6 +128,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
         timeout: float = 3.0,
         ssl_context: Any = None,
         max_concurrent: int = 8,
+        **client_options: Any,
     ) -> RegistryClient:
         settings = ProbeSettings(
             timeout_seconds=timeout,
@@ -137,7 +138,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
         )
         session = make_session(settings, ssl_context=ssl_context)
         sessions.append(session)
-        return RegistryClient(session, settings)
+        return RegistryClient(session, settings, **client_options)
 
     yield factory
     for session in sessions:
