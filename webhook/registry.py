@@ -404,7 +404,11 @@ class RegistryClient:
         self.token_requests = 0  # anonymous token fetches made (for tests and metrics)
 
     async def probe(self, domain: str, path: str, reference: str) -> ProbeResult:
-        """Classify one repository; never raises (cancellation aside)."""
+        """Classify one repository; never raises (cancellation aside).
+
+        The whole probe (challenge, token, retried HEAD, redirects) gets
+        ``timeoutSeconds``, and so does every single request within it.
+        """
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):

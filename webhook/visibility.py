@@ -250,7 +250,10 @@ class VisibilityResolver:
     # --- lifecycle -----------------------------------------------------------
 
     async def close(self) -> None:
-        """Cancel the probes still in flight and wait for them to finish."""
+        """Cancel the probes still in flight and wait for them to finish.
+
+        Afterwards cache hits still answer; a miss is UNKNOWN (reason "overloaded").
+        """
         self._closed = True
         tasks = list(self._inflight.values())
         for task in tasks:
