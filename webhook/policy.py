@@ -161,17 +161,22 @@ class _Builder:
                     f"{label}: registry visibility unknown; left unchanged (onProbeFailure: direct)"
                 )
                 return
+        new = images.proxied(ref, s.proxy_domain, s.app_slug)
+        shape = f"{s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>"
+        problem = None
         if ref.has_port:
-            message = (
-                f"{label} is private but its registry has a port, which cannot be carried "
-                f"in the proxy path {s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>; "
-                "left unchanged"
-            )
+            problem = "its registry has a port, which cannot be carried in the proxy path " + shape
+        elif parse_image(new) is None:
+            # An IPv6 literal cannot be a path segment; a long name can outgrow the
+            # 255-character limit once the proxy prefix is added. Writing an image
+            # that does not parse would break the pod for sure.
+            problem = f"the proxied reference {shape} would not be a valid image reference"
+        if problem is not None:
+            message = f"{label} is private but {problem}; left unchanged"
             self.warnings.append(message)
             self.violations.append(message)
             return
         self.needs_secret = True
-        new = images.proxied(ref, s.proxy_domain, s.app_slug)
         self.rewrite(pointer, container, ref.original, new)
         self.violations.append(
             f"{label} is private and must be pulled through the proxy: use {new!r}"

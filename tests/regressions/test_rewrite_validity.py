@@ -1,0 +1,79 @@
+"""Regressions: every image the webhook writes must parse under the same grammar.
+
+Found by tests/reliability/test_fuzz.py. A private image whose proxied (or
+air-gapped) reference would not be a valid reference used to be rewritten anyway,
+so the kubelet would refuse the pod with InvalidImageName.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.reviews import apply, images_of, pod, review
+from webhook import config, policy
+from webhook import review as wire
+from webhook.images import NAME_MAX, parse
+from webhook.policy import Request
+
+ONLINE = config.parse({"appSlug": "my-app", "licenseID": "lic"})
+AIRGAP = config.parse(
+    {
+        "appSlug": "my-app",
+        "mode": "airgap",
+        "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
+    }
+)
+
+
+def mutate(obj: dict[str, Any], settings: config.Settings) -> dict[str, Any]:
+    """The /mutate answer with no registry reachable (every probe unknown, so proxy)."""
+    request = wire.parse(json.dumps(review(obj)))
+    template = wire.template_of(request, settings)
+    decision = policy.decide(template, Request("CREATE"), {}, settings)
+    return dict(wire.mutate_response(request.uid, decision, settings.secret_name))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "[::1]/team/app:v1",  # an IPv6 literal cannot be a path segment
+        "[2001:db8::1]/team/app@sha256:" + "a" * 64,
+        "gcr.io/" + "a" * 240 + ":v1",  # the proxy prefix pushes it past 255
+        "gcr.io/team/" + "b" * 215,  # 233 characters: fits alone, not proxied
+    ],
+)
+def test_private_image_that_cannot_be_proxied_is_left_unchanged_with_a_warning(
+    image: str,
+) -> None:
+    parse(image)  # valid as written
+    obj = pod(image)
+    answer = mutate(obj, ONLINE)
+    response = answer["response"]
+    assert response["allowed"] is True
+    assert images_of(apply(answer, obj)) == [image]
+    assert "patch" not in response  # no pull secret either: nothing goes through the proxy
+    (warning,) = response["warnings"]
+    assert "would not be a valid image reference" in warning and "left unchanged" in warning
+    # ... and the validating endpoint refuses it, as it does the port case
+    request = wire.parse(json.dumps(review(obj)))
+    decision = policy.decide(wire.template_of(request, ONLINE), Request("CREATE"), {}, ONLINE)
+    assert warning in decision.violations
+
+
+def test_longest_proxiable_name_is_still_rewritten() -> None:
+    prefix = len("proxy.replicated.com/proxy/my-app/gcr.io/")
+    image = "gcr.io/" + "a" * (NAME_MAX - prefix) + ":v1"
+    obj = pod(image)
+    (written,) = images_of(apply(mutate(obj, ONLINE), obj))
+    assert written.startswith("proxy.replicated.com/proxy/my-app/gcr.io/aaa")
+    assert len(written.partition(":")[0]) == NAME_MAX
+    parse(written)
+
+
+def test_port_message_is_unchanged() -> None:
+    answer = mutate(pod("registry.example.com:5000/team/app:v1"), ONLINE)
+    (warning,) = answer["response"]["warnings"]
+    assert "has a port, which cannot be carried in the proxy path" in warning
