@@ -195,6 +195,13 @@ class _Builder:
         if ref.domain == s.registry.lower():
             return
         new = images.airgapped(ref, s.registry, s.namespace)
+        if parse_image(new) is None:
+            # e.g. a long last segment under a long namespace outgrows 255 characters
+            self.deny(
+                f"{label} cannot be served from the local registry: {new!r} would not be "
+                "a valid image reference; use a shorter repository name"
+            )
+            return
         self.rewrite(pointer, container, ref.original, new)
         self.violations.append(f"{label} must come from the local registry: use {new!r}")
 

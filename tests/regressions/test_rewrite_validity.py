@@ -77,3 +77,22 @@ def test_port_message_is_unchanged() -> None:
     answer = mutate(pod("registry.example.com:5000/team/app:v1"), ONLINE)
     (warning,) = answer["response"]["warnings"]
     assert "has a port, which cannot be carried in the proxy path" in warning
+
+
+def test_airgap_image_whose_local_name_would_not_parse_is_denied() -> None:
+    image = "b" * 250 + ":v1"  # docker.io/library/bbb…: its last segment is 250 characters
+    parse(image)
+    answer = mutate(pod(image), AIRGAP)
+    response = answer["response"]
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert "cannot be served from the local registry" in message
+    assert "would not be a valid image reference" in message
+
+
+def test_airgap_longest_local_name_is_rewritten() -> None:
+    last = "c" * (NAME_MAX - len("registry.local:5000/my-app/"))
+    obj = pod(f"docker.io/team/{last}:v1")
+    (written,) = images_of(apply(mutate(obj, AIRGAP), obj))
+    assert written == f"registry.local:5000/my-app/{last}:v1"
+    parse(written)
