@@ -90,6 +90,9 @@ def parse(body: bytes | str) -> AdmissionRequest:
         review = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ReviewError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The API server never sends this; the JSON decoder recurses once per level.
+        raise ReviewError("request body is nested too deeply") from None
     if not isinstance(review, dict):
         raise ReviewError("request body must be a JSON object (an AdmissionReview)")
     api_version = review.get("apiVersion")
