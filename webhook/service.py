@@ -49,13 +49,17 @@ async def running(
     metrics: Metrics | None = None,
     health: Health | None = None,
     secrets: SecretEnsurer | None = None,
+    reload_interval: float = tls.RELOAD_INTERVAL_SECONDS,
 ) -> AsyncIterator[tuple[Admitter, Health]]:
-    """Everything of the service up and listening, torn down in order on exit."""
+    """Everything of the service up and listening, torn down in order on exit.
+
+    ``reload_interval``: seconds between checks of the certificate files.
+    """
     metrics = metrics or Metrics()
     health = health or Health()
     paths = certificate(settings)
     context = tls.server_context(paths)
-    reloader = tls.CertificateReloader(context, paths)
+    reloader = tls.CertificateReloader(context, paths, reload_interval)
     health.checks["certificate"] = lambda: reloader.healthy
 
     webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")

@@ -25,6 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 log = logging.getLogger(__name__)
 
 DEV_NAMES = ("localhost", "127.0.0.1", "::1")
+# How often the certificate files are compared with the loaded pair, in seconds.
+RELOAD_INTERVAL_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,12 @@ def _fingerprint(paths: CertPaths) -> bytes:
 class CertificateReloader:
     """Polls the certificate files and loads a changed, consistent pair into the context."""
 
-    def __init__(self, context: ssl.SSLContext, paths: CertPaths, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        paths: CertPaths,
+        interval: float = RELOAD_INTERVAL_SECONDS,
+    ) -> None:
         self.context = context
         self.paths = paths
         self.interval = interval
