@@ -17,12 +17,17 @@ from webhook import policy, review
 from webhook.config import Settings, Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
-from webhook.podspec import PodTemplate
+from webhook.podspec import WORKLOAD_TEMPLATES, PodTemplate
 from webhook.policy import Decision, Repository, Request
 
 log = logging.getLogger(__name__)
 
 Endpoint = Literal["mutate", "validate"]
+
+# Metric labels come from the request body, which anyone reaching the port can
+# write: unknown values are counted as "other" instead of growing new series.
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+KINDS = frozenset({"Pod", "EphemeralContainers", *WORKLOAD_TEMPLATES})
 
 
 class Resolver(Protocol):
@@ -118,7 +123,10 @@ class Admitter:
         request, decision = outcome.request, outcome.decision
         if self.metrics is not None:
             self.metrics.admissions.labels(
-                endpoint, request.operation or "-", request.kind or "-", outcome.label
+                endpoint,
+                _label(request.operation, OPERATIONS),
+                _label(request.kind, KINDS),
+                outcome.label,
             ).inc()
             self.metrics.admission_duration.labels(endpoint).observe(outcome.seconds)
             if endpoint == "mutate" and decision.rewrites:
@@ -153,6 +161,13 @@ class Admitter:
             outcome.seconds * 1000,
             extra={"fields": fields},
         )
+
+
+def _label(value: str, known: frozenset[str]) -> str:
+    """A metric label from the request: known values only, so series stay bounded."""
+    if not value:
+        return "-"
+    return value if value in known else "other"
 
 
 def _with_warning(decision: Decision, warning: str) -> Decision:
