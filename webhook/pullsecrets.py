@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,7 +328,11 @@ async def api_client() -> client.ApiClient | None:
         kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
         try:
-            await kube_config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG is read now: kubernetes_asyncio reads it once, at import.
+            await kube_config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None,
+                client_configuration=configuration,
+            )
         except (kube_config.ConfigException, OSError) as exc:
             log.warning("no Kubernetes API configured (%s): pull secrets are not managed", exc)
             return None
