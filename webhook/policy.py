@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,10 +134,7 @@ class _Builder:
     def online(self, pointer: str, container: str, ref: ImageRef, visibility: Visibility) -> None:
         s = self.settings
         label = _label(container, ref.original)
-        if ref.domain == s.proxy_domain:
-            self.needs_secret = True
-            return
-        if ref.domain == s.registry_domain:
+        if ref.domain in (s.proxy_domain, s.registry_domain):  # already proxied, or the vendor's
             self.needs_secret = True
             return
         if ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
@@ -281,7 +278,3 @@ def original_images_annotation(
             merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
     merged.update(originals)
     return json.dumps(merged, sort_keys=True, separators=(",", ":"))
-
-
-def violations_of(decisions: Iterable[Decision]) -> list[str]:
-    return [v for d in decisions for v in d.violations]
