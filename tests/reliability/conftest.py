@@ -1,0 +1,27 @@
+"""Reliability and security suite (issue 7): fuzzing, registry faults under load, soak,
+graceful shutdown, secret hygiene.
+
+Everything here runs in the full suite. ``-m "not slow"`` skips the long ones (soak,
+shutdown, the big fuzz runs) for a quick local run; nothing is skipped by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reliability: the issue-7 reliability and security suite")
+    config.addinivalue_line(
+        "markers", "slow: takes tens of seconds; deselect with -m 'not slow' for a quick run"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.reliability)
