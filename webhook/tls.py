@@ -1,8 +1,10 @@
 """TLS for the webhook: the server context, certificate reload, development certificates.
 
 A mounted Secret changes by a symlink swap and sends no usable file event, so the
-reloader polls the files and compares their content. The live SSLContext loads the
-new pair in place: connections accepted afterwards use it, open ones keep theirs.
+reloader polls the files and compares their content. A changed pair is loaded into a
+new SSLContext; the listening context's SNI callback, which OpenSSL calls on every
+ClientHello (with or without a server name), hands each new connection the newest
+context. Connections accepted afterwards use the new pair, open ones keep theirs.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ def _fingerprint(paths: CertPaths) -> bytes:
 
 
 class CertificateReloader:
-    """Polls the certificate files and loads a changed, consistent pair into the context."""
+    """Polls the certificate files; a changed, consistent pair serves new connections.
+
+    A context is never modified once it serves: loading a pair into a live context
+    leaves it holding the new certificate without a key for a moment (OpenSSL drops
+    the key that no longer matches), and a handshake in that moment fails. Each
+    reload builds a fresh context instead, which ``load_cert_chain`` has checked
+    for a matching key, and publishes it with one reference assignment; a pair that
+    is half written or mismatched never reaches a handshake.
+    """
 
     def __init__(
         self,
@@ -60,24 +70,36 @@ class CertificateReloader:
         paths: CertPaths,
         interval: float = RELOAD_INTERVAL_SECONDS,
     ) -> None:
-        self.context = context
+        self.context = context  # the listening context
+        self.current = context  # the context new connections get
         self.paths = paths
         self.interval = interval
         self.healthy = True
         self.reloads = 0
         self._fingerprint = _fingerprint(paths)
+        context.sni_callback = self._select
+
+    def _select(
+        self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        current = self.current
+        if current is not context:
+            connection.context = current
 
     def check(self) -> bool:
-        """Reload if the files changed; True when a new certificate was loaded."""
+        """Reload if the files changed; True when a new certificate was loaded.
+
+        Readable files identical to the loaded pair report healthy again (a Secret
+        that was briefly unreadable and came back unchanged).
+        """
         try:
             fingerprint = _fingerprint(self.paths)
             if fingerprint == self._fingerprint:
+                self.healthy = True
                 return False
-            # Try the pair on a scratch context first: during a rotation the
-            # certificate may be written before its key; keep the old pair until
-            # both match.
-            server_context(self.paths)
-            self.context.load_cert_chain(self.paths.cert_file, self.paths.key_file)
+            # During a rotation the certificate may be written before its key: the
+            # new context refuses a mismatched pair and the current one stays.
+            fresh = server_context(self.paths)
         except (OSError, ssl.SSLError) as exc:
             self.healthy = False
             log.warning(
@@ -86,6 +108,7 @@ class CertificateReloader:
                 exc,
             )
             return False
+        self.current = fresh
         self._fingerprint = fingerprint
         self.healthy = True
         self.reloads += 1
