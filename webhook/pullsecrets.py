@@ -227,6 +227,8 @@ class PullSecrets:
             )
             if _current(existing, body):
                 self._count("check", "current")
+            elif getattr(existing, "type", None) != SECRET_TYPE:
+                await self._recreate(namespace, existing, body)
             else:
                 try:
                     await self.core.replace_namespaced_secret(
@@ -238,6 +240,37 @@ class PullSecrets:
                 self._count("replace", "ok")
                 log.info("updated pull secret %s in %s", name, namespace)
         self._ensured[namespace] = body["data"][SECRET_KEY]
+
+    async def _recreate(self, namespace: str, existing: Any, body: dict[str, Any]) -> None:
+        """Replace a secret of another type: ``type`` is immutable, so a PUT would be a 422.
+
+        The delete is conditional on the very object read, so a secret changed in
+        between is not removed unseen; the next admission looks again.
+        """
+        name = self.settings.secret_name
+        timeout = API_TIMEOUT_SECONDS
+        metadata = existing.metadata
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(
+                uid=metadata.uid, resource_version=metadata.resource_version
+            )
+        )
+        try:
+            await self.core.delete_namespaced_secret(
+                name, namespace, body=options, _request_timeout=timeout
+            )
+            await self.core.create_namespaced_secret(namespace, _v1(body), _request_timeout=timeout)
+        except ApiException as exc:
+            self._count("recreate", str(exc.status))
+            raise
+        self._count("recreate", "ok")
+        log.warning(
+            "pull secret %s in %s had type %s; recreated it as %s",
+            name,
+            namespace,
+            existing.type,
+            SECRET_TYPE,
+        )
 
     def _count(self, action: str, result: str) -> None:
         if self.metrics is not None:
