@@ -1,0 +1,837 @@
+"""The webhook end to end: a real kube-apiserver calls it over TLS; Pods are read back.
+
+Each test runs the whole service in-process (``service.running``) on a free port of
+127.0.0.1, registers its own MutatingWebhookConfiguration (``clientConfig.url`` and
+``caBundle``) limited to namespaces carrying the test's own label, creates Pods
+through the API server with kubernetes-asyncio and reads back what was stored.
+Visibility is decided by probing real registries: an htpasswd one (private) and an
+anonymous one (public), each on port 80 of its own loopback address so that their
+images carry no port and can be proxied (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client as k8s
+
+from tests.e2e.admission_harness import (
+    PROBE_OVERRIDE,
+    UnresponsiveKubeAPIServer,
+    call,
+    certificates,
+    client_for,
+    create_pod,
+    dockerconfig_of,
+    eventually,
+    expected_dockerconfig,
+    images_of,
+    mutating_webhook,
+    namespaces,
+    pod,
+    read_pod,
+    read_secret,
+    restricted_client,
+    run_webhook,
+    wait_until_mutating,
+)
+from tests.e2e.kubeapi import KubeAPIServer, free_port
+from tests.integration.registries import Registry, can_bind_low_ports, require_registry_binary
+from webhook import pullsecrets, tls
+from webhook.config import Settings
+
+pytestmark = pytest.mark.e2e
+
+PROXY = "proxy.replicated.com"
+VENDOR = "registry.replicated.com"
+PREFIX = f"{PROXY}/proxy/my-app/"
+SECRET = "my-app-registry"
+LICENSE = "2ViYxYAm4hPq3cZSZYKqzr2QwQx"
+ANNOTATION = "image-proxy-webhook.io/original-images"
+SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+AIRGAP_REGISTRY = "registry.local:5000"
+
+
+def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
+    """DESIGN.md §3: the proxy and the vendor registry, both LICENSE_ID:<license>."""
+    return expected_dockerconfig(
+        {PROXY: ("LICENSE_ID", license_id), VENDOR: ("LICENSE_ID", license_id)}
+    )
+
+
+# --- fixtures --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A private (htpasswd) and a public (anonymous) registry, each on <own 127.x>:80."""
+    binary = require_registry_binary()
+    if not can_bind_low_ports():
+        message = "e2e: portless registry names need port 80 of a loopback address (run as root)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    private = Registry(
+        tmp_path_factory.mktemp("private"),
+        auth="htpasswd",
+        users={"pusher": "push-secret"},
+        binary=binary,
+    )
+    public = Registry(tmp_path_factory.mktemp("public"), binary=binary)
+    with private, public:
+        yield {
+            "private": private,
+            "public": public,
+            "private_digest": private.push_image("team/secret", "v1").digest,
+            "public_digest": public.push_image("team/app", "v1").digest,
+        }
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tls.CertPaths:
+    return certificates(tmp_path_factory.mktemp("webhook-tls"))
+
+
+@pytest.fixture
+async def api(kube_apiserver: KubeAPIServer) -> AsyncIterator[k8s.ApiClient]:
+    async with kube_apiserver.api_client() as client:
+        yield client
+
+
+@pytest.fixture
+def tag() -> str:
+    """This test's label value and namespace suffix."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def admin_secrets(
+    kube_apiserver: KubeAPIServer,
+) -> AsyncIterator[Any]:
+    """``make(settings)``: a PullSecrets on an admin client, without its background loop.
+
+    Only admissions write the secret then, so a test sees exactly what they do.
+    """
+    clients: list[k8s.ApiClient] = []
+
+    def make(settings: Settings) -> pullsecrets.PullSecrets:
+        client = k8s.ApiClient(kube_apiserver.client_configuration())
+        clients.append(client)
+        return pullsecrets.PullSecrets(
+            client, settings, lambda: pullsecrets.read_credentials(settings)
+        )
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def online_settings(registries: dict[str, Any], covered: list[str], **extra: Any) -> dict[str, Any]:
+    private: Registry = registries["private"]
+    public: Registry = registries["public"]
+    settings: dict[str, Any] = {
+        "licenseID": LICENSE,
+        "namespaces": covered,
+        "visibility": {
+            "overrides": [
+                PROBE_OVERRIDE,
+                {"match": "quay.io/my-org/*", "visibility": "private"},
+                {"match": "docker.io/my-org/*", "visibility": "private"},
+            ]
+        },
+        "probe": {"insecureRegistries": [private.domain, public.domain], "timeoutSeconds": 3},
+        "server": {"admissionDeadlineSeconds": 6},
+    }
+    settings.update(extra)
+    return settings
+
+
+def stored_view(stored: dict[str, Any]) -> dict[str, Any]:
+    """What the webhook may change in a stored Pod: images, pull secrets, its annotation."""
+    annotations = stored["metadata"].get("annotations") or {}
+    return {
+        "images": images_of(stored),
+        "imagePullSecrets": stored["spec"].get("imagePullSecrets"),
+        "original-images": json.loads(annotations[ANNOTATION])
+        if ANNOTATION in annotations
+        else None,
+    }
+
+
+# --- online ------------------------------------------------------------------------
+
+
+async def test_online_pods_stored_with_exact_images_secrets_and_annotation(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    priv, pub = registries["private"].domain, registries["public"].domain
+    digest, pub_digest = registries["private_digest"], registries["public_digest"]
+    assert ":" not in priv and ":" not in pub  # port 80: the names carry no port
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        assert (await read_secret(api, app, SECRET)).status == 404  # dry runs wrote nothing
+
+        pods = {
+            # private (htpasswd registry), by tag, by digest in an init container, and
+            # next to a public image that stays as written
+            "private": pod(
+                "private",
+                {"app": f"{priv}/team/secret:v1", "sidecar": f"{pub}/team/app:v1"},
+                init={"migrate": f"{priv}/team/secret@{digest}"},
+            ),
+            # public (anonymous registry), by tag and pinned by digest
+            "public": pod(
+                "public", {"web": f"{pub}/team/app:v1", "pinned": f"{pub}/team/app@{pub_digest}"}
+            ),
+            # the vendor registry and an image already proxied: unchanged, secret appended
+            "vendor": pod(
+                "vendor",
+                {"api": f"{VENDOR}/my-app/api:1.0", "proxied": f"{PREFIX}quay.io/my-org/api:v1"},
+                pull_secrets=["existing"],
+            ),
+            # tag and digest together; private by override (no probe); Docker Hub short name
+            "pinned": pod(
+                "pinned",
+                {
+                    "app": f"{priv}/team/secret:v1@{digest}",
+                    "api": "quay.io/my-org/api:v1.0.1",
+                    "tool": "my-org/tool",
+                },
+                annotations={"team": "payments"},
+            ),
+        }
+        for name, manifest in pods.items():
+            answer = await create_pod(api, app, manifest)
+            assert answer.status == 201, (name, answer.body)
+            assert answer.warnings == [], (name, answer.warnings)
+
+        stored = {name: stored_view(await read_pod(api, app, name)) for name in pods}
+        assert stored["private"] == {
+            "images": {
+                "migrate": f"{PREFIX}{priv}/team/secret@{digest}",
+                "app": f"{PREFIX}{priv}/team/secret:v1",
+                "sidecar": f"{pub}/team/app:v1",
+            },
+            "imagePullSecrets": [{"name": SECRET}],
+            "original-images": {
+                "app": f"{priv}/team/secret:v1",
+                "migrate": f"{priv}/team/secret@{digest}",
+            },
+        }
+        assert stored["public"] == {
+            "images": {"web": f"{pub}/team/app:v1", "pinned": f"{pub}/team/app@{pub_digest}"},
+            "imagePullSecrets": None,
+            "original-images": None,
+        }
+        assert stored["vendor"] == {
+            "images": {
+                "api": f"{VENDOR}/my-app/api:1.0",
+                "proxied": f"{PREFIX}quay.io/my-org/api:v1",
+            },
+            "imagePullSecrets": [{"name": "existing"}, {"name": SECRET}],
+            "original-images": None,
+        }
+        assert stored["pinned"] == {
+            "images": {
+                "app": f"{PREFIX}{priv}/team/secret:v1@{digest}",
+                "api": f"{PREFIX}quay.io/my-org/api:v1.0.1",
+                "tool": f"{PREFIX}docker.io/my-org/tool",
+            },
+            "imagePullSecrets": [{"name": SECRET}],
+            "original-images": {
+                "app": f"{priv}/team/secret:v1@{digest}",
+                "api": "quay.io/my-org/api:v1.0.1",
+                "tool": "my-org/tool",
+            },
+        }
+        pinned = await read_pod(api, app, "pinned")
+        assert pinned["metadata"]["annotations"]["team"] == "payments"
+
+        secret = (await read_secret(api, app, SECRET)).ok()
+        assert secret["type"] == SECRET_TYPE
+        assert list(secret["data"]) == [".dockerconfigjson"]
+        assert dockerconfig_of(secret) == online_secret()
+
+    # Visibility came from anonymous probes of the real registries.
+    private_heads = [
+        e for e in registries["private"].manifest_requests("team/secret") if e.method == "HEAD"
+    ]
+    public_heads = [
+        e for e in registries["public"].manifest_requests("team/app") if e.method == "HEAD"
+    ]
+    assert private_heads and {e.status for e in private_heads} == {401}
+    assert public_heads and {e.status for e in public_heads} == {200}
+
+
+async def test_server_side_dry_run_mutates_but_creates_no_secret(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    priv = registries["private"].domain
+    manifest = pod("dry", {"app": f"{priv}/team/secret:v1"})
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        answer = await create_pod(api, app, manifest, dry_run=True)
+        assert answer.status == 201, answer.body
+        # The dry-run answer shows the mutation ...
+        assert answer.body["spec"]["containers"][0]["image"] == f"{PREFIX}{priv}/team/secret:v1"
+        assert answer.body["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+        # ... and nothing was written: neither the Pod nor the pull secret.
+        assert (await call(api, "GET", f"/api/v1/namespaces/{app}/pods/dry")).status == 404
+        assert (await read_secret(api, app, SECRET)).status == 404
+
+        # The same Pod for real writes the secret before the Pod is admitted.
+        assert (await create_pod(api, app, manifest)).status == 201
+        secret = (await read_secret(api, app, SECRET)).ok()
+        assert secret["type"] == SECRET_TYPE
+        assert dockerconfig_of(secret) == online_secret()
+
+
+async def test_update_of_a_pod_image_is_rewritten_without_adding_the_secret(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    priv, pub = registries["private"].domain, registries["public"].domain
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        for name, secrets in (("bare", ()), ("listed", (SECRET,))):
+            manifest = pod(name, {"app": f"{pub}/team/app:v1"}, pull_secrets=secrets)
+            assert (await create_pod(api, app, manifest)).status == 201
+            assert images_of(await read_pod(api, app, name)) == {"app": f"{pub}/team/app:v1"}
+        assert (await read_secret(api, app, SECRET)).status == 404  # no Pod needed it yet
+
+        # UPDATE: only spec.containers[*].image may change on 1.20.
+        patch = [{"op": "replace", "path": "/spec/containers/0/image", "value": ""}]
+        results = {}
+        for name in ("bare", "listed"):
+            patch[0]["value"] = f"{priv}/team/secret:v2"
+            results[name] = await call(
+                api,
+                "PATCH",
+                f"/api/v1/namespaces/{app}/pods/{name}",
+                patch,
+                content_type="application/json-patch+json",
+            )
+            assert results[name].status == 200, results[name].body
+
+        bare = stored_view(await read_pod(api, app, "bare"))
+        listed = stored_view(await read_pod(api, app, "listed"))
+        assert bare == {
+            "images": {"app": f"{PREFIX}{priv}/team/secret:v2"},
+            "imagePullSecrets": None,  # adding it would make the API server refuse the update
+            "original-images": {"app": f"{priv}/team/secret:v2"},
+        }
+        assert listed == {
+            "images": {"app": f"{PREFIX}{priv}/team/secret:v2"},
+            "imagePullSecrets": [{"name": SECRET}],
+            "original-images": {"app": f"{priv}/team/secret:v2"},
+        }
+        assert results["bare"].warnings == [
+            f"pod needs imagePullSecret {SECRET!r}, which cannot be added on UPDATE; "
+            "recreate the pod so it can pull its private images"
+        ]
+        assert results["listed"].warnings == []
+        # The update needed the secret, so it was written in the namespace.
+        assert dockerconfig_of((await read_secret(api, app, SECRET)).ok()) == online_secret()
+
+
+async def test_ephemeral_container_through_the_subresource_is_rewritten(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    priv, pub = registries["private"].domain, registries["public"].domain
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        assert (await create_pod(api, app, pod("debug-me", {"app": f"{pub}/team/app:v1"}))).ok()
+
+        path = f"/api/v1/namespaces/{app}/pods/debug-me/ephemeralcontainers"
+        current = (await call(api, "GET", path)).ok()
+        assert current["kind"] == "EphemeralContainers"  # 1.20: not a Pod
+        current["ephemeralContainers"] = [
+            *(current.get("ephemeralContainers") or []),
+            {
+                "name": "debugger",
+                "image": f"{priv}/team/secret:v1",
+                "imagePullPolicy": "IfNotPresent",
+                "terminationMessagePolicy": "File",
+                "stdin": True,
+                "tty": True,
+            },
+        ]
+        answer = await call(api, "PUT", path, current)
+        assert answer.status == 200, answer.body
+
+        stored = await read_pod(api, app, "debug-me")
+        assert images_of(stored) == {
+            "app": f"{pub}/team/app:v1",
+            "debugger": f"{PREFIX}{priv}/team/secret:v1",
+        }
+        assert "imagePullSecrets" not in stored["spec"]  # never added on the subresource
+        assert ANNOTATION not in (stored["metadata"].get("annotations") or {})
+        assert answer.warnings == [
+            f"pod needs imagePullSecret {SECRET!r}, which cannot be added on UPDATE of "
+            "ephemeralcontainers; recreate the pod so it can pull its private images"
+        ]
+        assert dockerconfig_of((await read_secret(api, app, SECRET)).ok()) == online_secret()
+
+
+async def test_namespace_outside_namespaces_is_left_untouched(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app, other = f"app-{tag}", f"other-{tag}"
+    # Both namespaces are sent to the webhook; only `app` is in `namespaces`.
+    await namespaces(kube_apiserver, tag, app, other)
+    priv = registries["private"].domain
+    image = f"{priv}/team/secret:v1"
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        metrics = hook.admitter.metrics
+        assert metrics is not None
+        seen = metrics.admissions.labels("mutate", "CREATE", "Pod", "allowed")
+        before = seen._value.get()
+
+        answer = await create_pod(api, other, pod("outside", {"app": image}, init={"i": image}))
+        assert answer.status == 201, answer.body
+        assert seen._value.get() == before + 1  # the webhook answered, and allowed it as is
+
+        stored = await read_pod(api, other, "outside")
+        assert stored_view(stored) == {
+            "images": {"i": image, "app": image},
+            "imagePullSecrets": None,
+            "original-images": None,
+        }
+        assert (await read_secret(api, other, SECRET)).status == 404
+
+        # The covered namespace next door is mutated by the same webhook.
+        assert (await create_pod(api, app, pod("inside", {"app": image}))).status == 201
+        assert images_of(await read_pod(api, app, "inside")) == {"app": f"{PREFIX}{image}"}
+
+
+# --- air gap --------------------------------------------------------------------
+
+
+async def test_airgap_rewrites_to_the_local_registry_and_refuses_digests(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+    tmp_path: Path,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    priv, pub = registries["private"].domain, registries["public"].domain
+    digest = registries["private_digest"]
+    password = tmp_path / "password"
+    password.write_text("s3cret-airgap\n")
+    settings = {
+        "mode": "airgap",
+        "namespaces": [app],
+        "airgap": {
+            "registry": AIRGAP_REGISTRY,
+            "namespace": "my-app",
+            "username": "airgap-user",
+            "passwordFile": str(password),
+        },
+        "probe": {"insecureRegistries": [priv, pub]},
+        "server": {"admissionDeadlineSeconds": 6},
+    }
+    local = f"{AIRGAP_REGISTRY}/my-app/"
+    probes_before = len(registries["private"].requests()) + len(registries["public"].requests())
+
+    async with (
+        run_webhook(settings, certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag) as name,
+    ):
+        await wait_until_mutating(api, app)
+        originals = {
+            "web": f"{pub}/team/app:v1",
+            "api": f"{VENDOR}/my-app/api:1.0",
+            "proxied": f"{PREFIX}quay.io/my-org/api:v1.0.1",
+            "hub": "nginx:1.25",
+            "local": f"{local}tool:2",
+        }
+        manifest = pod("mixed", originals, init={"migrate": f"{priv}/team/secret:v1"})
+        answer = await create_pod(api, app, manifest)
+        assert answer.status == 201, answer.body
+        assert stored_view(await read_pod(api, app, "mixed")) == {
+            "images": {
+                "migrate": f"{local}secret:v1",
+                "web": f"{local}app:v1",
+                "api": f"{local}api:1.0",
+                "proxied": f"{local}api:v1.0.1",
+                "hub": f"{local}nginx:1.25",
+                "local": f"{local}tool:2",
+            },
+            "imagePullSecrets": [{"name": SECRET}],
+            "original-images": {
+                "migrate": f"{priv}/team/secret:v1",
+                **{k: v for k, v in originals.items() if k != "local"},
+            },
+        }
+        secret = (await read_secret(api, app, SECRET)).ok()
+        assert secret["type"] == SECRET_TYPE
+        assert dockerconfig_of(secret) == expected_dockerconfig(
+            {AIRGAP_REGISTRY: ("airgap-user", "s3cret-airgap")}
+        )
+
+        for pinned in (f"{priv}/team/secret@{digest}", f"{pub}/team/app:v1@{digest}"):
+            refused = await create_pod(api, app, pod("pinned", {"app": pinned}))
+            assert refused.status == 403, refused.body
+            assert refused.message == (
+                f"admission webhook \"{name}\" denied the request: container 'app' image "
+                f"'{pinned}' is pinned by digest, which air-gap mode cannot serve from the "
+                f"local registry {AIRGAP_REGISTRY}: use a tag instead"
+            )
+            assert (await call(api, "GET", f"/api/v1/namespaces/{app}/pods/pinned")).status == 404
+
+    # No registry is probed in air-gap mode.
+    probes_after = len(registries["private"].requests()) + len(registries["public"].requests())
+    assert probes_after == probes_before
+
+
+# --- the pull secret: stale content, license change --------------------------------
+
+
+@pytest.mark.parametrize("stale", ["old-license", "opaque"])
+async def test_stale_pull_secret_is_replaced_before_the_pod_is_admitted(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+    stale: str,
+) -> None:
+    """A secret of that name with an older license, or of another type, is brought current."""
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    if stale == "old-license":
+        old_content = json.dumps(online_secret("old-license")).encode()
+        existing = {"type": SECRET_TYPE, "data": {".dockerconfigjson": _b64(old_content)}}
+    else:  # `type` is immutable: this one cannot simply be replaced
+        existing = {"type": "Opaque", "data": {"token": _b64(b"left over")}}
+    manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET}, **existing}
+    before = (await call(api, "POST", f"/api/v1/namespaces/{app}/secrets", manifest)).ok()
+
+    async with (
+        run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        answer = await create_pod(api, app, pod("p", {"api": "quay.io/my-org/api:v1"}))
+        assert answer.status == 201, answer.body
+        assert answer.warnings == []
+        secret = (await read_secret(api, app, SECRET)).ok()
+        assert secret["type"] == SECRET_TYPE
+        assert list(secret["data"]) == [".dockerconfigjson"]
+        assert dockerconfig_of(secret) == online_secret()
+        same_object = secret["metadata"]["uid"] == before["metadata"]["uid"]
+        assert same_object is (stale == "old-license")  # updated in place, else recreated
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _mount_license(directory: Path, license_id: str, generation: int) -> None:
+    """Write the license the way the kubelet updates a mounted Secret: a symlink swap."""
+    data = directory / f"..2024_01_01_00_00_0{generation}"
+    data.mkdir()
+    (data / "id").write_text(license_id)
+    staging = directory / "..data_tmp"
+    staging.symlink_to(data.name)
+    staging.replace(directory / "..data")
+    if not (directory / "id").is_symlink():
+        (directory / "id").symlink_to("..data/id")
+
+
+async def test_service_keeps_the_secret_current_across_a_license_change(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    tag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """secrets=None: the service builds PullSecrets from KUBECONFIG and runs its loop."""
+    app, extra = f"app-{tag}", f"extra-{tag}"
+    await namespaces(kube_apiserver, tag, app, extra)
+    # A secret left from an earlier license in the additional namespace.
+    stale = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET},
+        "type": SECRET_TYPE,
+        "data": {".dockerconfigjson": "eyJhdXRocyI6e319"},  # {"auths":{}}
+    }
+    (await call(api, "POST", f"/api/v1/namespaces/{extra}/secrets", stale)).ok()
+
+    license_dir = tmp_path / "license"
+    license_dir.mkdir()
+    _mount_license(license_dir, "license-one", 1)
+    monkeypatch.setenv("KUBECONFIG", str(kube_apiserver.kubeconfig_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(pullsecrets, "CREDENTIALS_POLL_SECONDS", 0.2)
+    settings = online_settings(registries, [app, extra])
+    del settings["licenseID"]
+    settings["licenseIDFile"] = str(license_dir / "id")
+
+    async def holds(license_id: str) -> bool:
+        for namespace in (app, extra):
+            answer = await read_secret(api, namespace, SECRET)
+            if answer.status != 200 or dockerconfig_of(answer.body) != online_secret(license_id):
+                return False
+        return True
+
+    async with (
+        run_webhook(settings, certs) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        assert isinstance(hook.admitter.secrets, pullsecrets.PullSecrets)
+        # Written in every listed namespace at start, the stale one replaced, no Pod needed.
+        await eventually(lambda: holds("license-one"), what="secrets with license-one")
+
+        await wait_until_mutating(api, app)
+        assert (await create_pod(api, app, pod("before", {"a": "quay.io/my-org/a:1"}))).ok()
+
+        _mount_license(license_dir, "license-two", 2)
+        await eventually(lambda: holds("license-two"), what="secrets with license-two")
+        for namespace in (app, extra):
+            secret = (await read_secret(api, namespace, SECRET)).ok()
+            assert secret["type"] == SECRET_TYPE
+
+        answer = await create_pod(api, app, pod("after", {"a": "quay.io/my-org/a:1"}))
+        assert answer.status == 201 and answer.warnings == [], answer.body
+        assert (await read_pod(api, app, "after"))["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+
+
+async def test_reconcile_after_license_change_rewrites_every_namespace(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    tag: str,
+    tmp_path: Path,
+) -> None:
+    """The refresh/reconcile path itself, against the real API server."""
+    app, extra, outside = f"app-{tag}", f"extra-{tag}", f"outside-{tag}"
+    await namespaces(kube_apiserver, tag, app, extra, outside)
+    license_file = tmp_path / "id"
+    license_file.write_text("first-license\n")
+    settings = Settings(
+        app_slug="my-app", license_id_file=str(license_file), namespaces=(app, extra)
+    )
+    async with kube_apiserver.api_client() as client:
+        manager = pullsecrets.PullSecrets(
+            client, settings, lambda: pullsecrets.read_credentials(settings)
+        )
+        try:
+            assert await manager.reconcile() == 0
+            for namespace in (app, extra):
+                secret = (await read_secret(api, namespace, SECRET)).ok()
+                assert dockerconfig_of(secret) == online_secret("first-license")
+            assert (await read_secret(api, outside, SECRET)).status == 404
+
+            assert manager.refresh() is False  # unchanged file: nothing to do
+            license_file.write_text("second-license\n")
+            assert manager.refresh() is True
+            assert await manager.reconcile() == 0
+            for namespace in (app, extra):
+                secret = (await read_secret(api, namespace, SECRET)).ok()
+                assert secret["type"] == SECRET_TYPE
+                assert dockerconfig_of(secret) == online_secret("second-license")
+            assert manager.healthy
+        finally:
+            await manager.close()
+
+
+# --- failurePolicy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["Ignore", "Fail"])
+async def test_failure_policy_when_the_webhook_is_down(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+    policy: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    image = "quay.io/my-org/api:v1.0.1"
+    port = free_port()
+    settings = online_settings(registries, [app])
+    settings["server"]["port"] = port
+    assert certs.ca_file is not None
+    ca_bundle = base64.b64encode(certs.ca_file.read_bytes()).decode()
+    url = f"https://127.0.0.1:{port}/mutate"
+
+    async with mutating_webhook(
+        api, url=url, ca_bundle=ca_bundle, selector=tag, failure_policy=policy
+    ) as name:
+        async with run_webhook(settings, certs, secrets=admin_secrets):
+            # Registered and in effect while the webhook is up ...
+            await wait_until_mutating(api, app)
+        # ... then the webhook goes down: nothing listens on its port any more.
+        answer = await create_pod(api, app, pod("while-down", {"app": image}))
+        if policy == "Ignore":
+            assert answer.status == 201, answer.body
+            assert answer.body["spec"]["containers"][0]["image"] == image
+            assert stored_view(await read_pod(api, app, "while-down")) == {
+                "images": {"app": image},
+                "imagePullSecrets": None,
+                "original-images": None,
+            }
+        else:
+            assert answer.status == 500, answer.body
+            assert answer.message.startswith(
+                f'Internal error occurred: failed calling webhook "{name}": '
+            ), answer.message
+            assert "connection refused" in answer.message
+            path = f"/api/v1/namespaces/{app}/pods/while-down"
+            assert (await call(api, "GET", path)).status == 404
+    assert (await read_secret(api, app, SECRET)).status == 404
+
+
+# --- Kubernetes API faults while admitting ----------------------------------------
+
+DEADLINE = 2.0
+SLACK = 1.5
+
+
+@pytest.mark.parametrize("fault", ["refused", "unresponsive", "forbidden"])
+async def test_pod_admitted_with_a_warning_when_the_api_server_fails_the_secret(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: tls.CertPaths,
+    tag: str,
+    fault: str,
+) -> None:
+    """PullSecrets talks to a broken API; the Pod still gets its answer within the deadline.
+
+    The Pods themselves go through the real API server, which calls the webhook;
+    only the webhook's own client for the secret meets the fault.
+    """
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    async with contextlib.AsyncExitStack() as stack:
+        if fault == "refused":
+            secrets_api = client_for(
+                f"https://127.0.0.1:{free_port()}", ca_file=kube_apiserver.ca_file
+            )
+            expected = (
+                f"pull secret {SECRET!r} could not be written in {app}: "
+                "the API server could not be reached (ClientConnectorError)"
+            )
+        elif fault == "unresponsive":
+            silent = await stack.enter_async_context(UnresponsiveKubeAPIServer())
+            secrets_api = client_for(silent.url, ca_file=kube_apiserver.ca_file)
+            expected = (
+                f"pull secret {SECRET!r} in {app} not confirmed before the admission deadline; "
+                "the pod may fail to pull private images until it is written"
+            )
+        else:
+            # A real identity that may read secrets but not create them.
+            secrets_api = await restricted_client(
+                kube_apiserver,
+                app,
+                "webhook",
+                [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}],
+            )
+            expected = (
+                f"pull secret {SECRET!r} could not be written in {app}: "
+                "the API server answered 403 Forbidden"
+            )
+        stack.push_async_callback(secrets_api.close)
+
+        def make(settings: Settings) -> pullsecrets.PullSecrets:
+            return pullsecrets.PullSecrets(
+                secrets_api, settings, lambda: pullsecrets.read_credentials(settings)
+            )
+
+        settings = online_settings(registries, [app])
+        settings["server"] = {"admissionDeadlineSeconds": DEADLINE}
+        hook = await stack.enter_async_context(run_webhook(settings, certs, secrets=make))
+        await stack.enter_async_context(
+            mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag)
+        )
+        await wait_until_mutating(api, app)
+
+        for name in ("first", "second"):
+            answer = await create_pod(api, app, pod(name, {"api": "quay.io/my-org/api:v1"}))
+            assert answer.status == 201, answer.body
+            assert answer.warnings == [expected]
+            assert answer.seconds < DEADLINE + SLACK, answer.seconds
+            if fault == "unresponsive":
+                assert answer.seconds >= DEADLINE - 0.5, answer.seconds  # it did wait
+            assert stored_view(await read_pod(api, app, name)) == {
+                "images": {"api": f"{PREFIX}quay.io/my-org/api:v1"},
+                "imagePullSecrets": [{"name": SECRET}],
+                "original-images": {"api": "quay.io/my-org/api:v1"},
+            }
+        if fault == "unresponsive":
+            assert silent.connections >= 1
+        # Nothing reached the real API server's secrets.
+        assert (await read_secret(api, app, SECRET)).status == 404
