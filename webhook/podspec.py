@@ -8,7 +8,7 @@ treated as untrusted shapes: anything that is not where it should be is skipped.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -41,6 +41,9 @@ class PodTemplate:
     spec: Mapping[str, Any]
     spec_pointer: str
     images: tuple[ContainerImage, ...]
+    # False for the pre-1.22 EphemeralContainers object: it carries no imagePullSecrets,
+    # so whether the pod lists the pull secret cannot be told from the request.
+    shows_pull_secrets: bool = True
 
     @property
     def metadata_pointer(self) -> str:
@@ -95,7 +98,8 @@ def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate |
     if kind == "EphemeralContainers":
         # Kubernetes before 1.22 sends the pods/ephemeralcontainers subresource as a
         # v1 EphemeralContainers object: metadata plus a top-level list.
-        return _template(obj, "", "")
+        template = _template(obj, "", "")
+        return replace(template, shows_pull_secrets=False) if template is not None else None
     if workloads and kind in WORKLOAD_TEMPLATES:
         pointer = WORKLOAD_TEMPLATES[kind]
         return _template(obj, pointer, f"{pointer}/spec")

@@ -214,10 +214,18 @@ class _Builder:
                 if request.subresource
                 else request.operation
             )
-            self.warnings.append(
-                f"pod needs imagePullSecret {s.secret_name!r}, which cannot be added on {where}; "
-                "recreate the pod so it can pull its private images"
-            )
+            if self.template.shows_pull_secrets:
+                self.warnings.append(
+                    f"pod needs imagePullSecret {s.secret_name!r}, which cannot be added on "
+                    f"{where}; recreate the pod so it can pull its private images"
+                )
+            else:
+                # Kubernetes before 1.22: the request holds the ephemeral containers only.
+                self.warnings.append(
+                    f"pod needs imagePullSecret {s.secret_name!r} for these images; {where} "
+                    "cannot add it and does not show the pod's imagePullSecrets: if the pod "
+                    "does not list it, recreate the pod so it can pull its private images"
+                )
         originals = {r.container: r.original for r in self.rewrites}
         return Decision(
             template=self.template,

@@ -385,42 +385,55 @@ async def test_ephemeral_container_through_the_subresource_is_rewritten(
     app = f"app-{tag}"
     await namespaces(kube_apiserver, tag, app)
     priv, pub = registries["private"].domain, registries["public"].domain
+    debugger = {
+        "name": "debugger",
+        "image": f"{priv}/team/secret:v1",
+        "imagePullPolicy": "IfNotPresent",
+        "terminationMessagePolicy": "File",
+        "stdin": True,
+        "tty": True,
+    }
 
     async with (
         run_webhook(online_settings(registries, [app]), certs, secrets=admin_secrets) as hook,
         mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
     ):
         await wait_until_mutating(api, app)
-        assert (await create_pod(api, app, pod("debug-me", {"app": f"{pub}/team/app:v1"}))).ok()
-
-        path = f"/api/v1/namespaces/{app}/pods/debug-me/ephemeralcontainers"
-        current = (await call(api, "GET", path)).ok()
-        assert current["kind"] == "EphemeralContainers"  # 1.20: not a Pod
-        current["ephemeralContainers"] = [
-            *(current.get("ephemeralContainers") or []),
-            {
-                "name": "debugger",
-                "image": f"{priv}/team/secret:v1",
-                "imagePullPolicy": "IfNotPresent",
-                "terminationMessagePolicy": "File",
-                "stdin": True,
-                "tty": True,
-            },
-        ]
-        answer = await call(api, "PUT", path, current)
-        assert answer.status == 200, answer.body
-
-        stored = await read_pod(api, app, "debug-me")
-        assert images_of(stored) == {
-            "app": f"{pub}/team/app:v1",
-            "debugger": f"{PREFIX}{priv}/team/secret:v1",
+        # "public" got no pull secret at CREATE; "private" got it (its image is private).
+        created = {
+            "public": {"app": f"{pub}/team/app:v1"},
+            "private": {"app": f"{PREFIX}{priv}/team/secret:v1"},
         }
-        assert "imagePullSecrets" not in stored["spec"]  # never added on the subresource
-        assert ANNOTATION not in (stored["metadata"].get("annotations") or {})
-        assert answer.warnings == [
-            f"pod needs imagePullSecret {SECRET!r}, which cannot be added on UPDATE of "
-            "ephemeralcontainers; recreate the pod so it can pull its private images"
-        ]
+        for name in created:
+            image = f"{pub}/team/app:v1" if name == "public" else f"{priv}/team/secret:v1"
+            assert (await create_pod(api, app, pod(name, {"app": image}))).ok()
+
+        for name, images in created.items():
+            path = f"/api/v1/namespaces/{app}/pods/{name}/ephemeralcontainers"
+            current = (await call(api, "GET", path)).ok()
+            assert current["kind"] == "EphemeralContainers"  # 1.20: not a Pod
+            current["ephemeralContainers"] = [*(current.get("ephemeralContainers") or []), debugger]
+            answer = await call(api, "PUT", path, current)
+            assert answer.status == 200, answer.body
+
+            stored = await read_pod(api, app, name)
+            assert images_of(stored) == {**images, "debugger": f"{PREFIX}{priv}/team/secret:v1"}
+            # Never added on the subresource; what CREATE wrote stays.
+            expected_secrets = None if name == "public" else [{"name": SECRET}]
+            assert stored["spec"].get("imagePullSecrets") == expected_secrets
+            annotations = stored["metadata"].get("annotations") or {}
+            if name == "public":
+                assert ANNOTATION not in annotations
+            else:  # the subresource leaves the record of CREATE as it was
+                assert json.loads(annotations[ANNOTATION]) == {"app": f"{priv}/team/secret:v1"}
+            # The 1.20 object does not show the pod's imagePullSecrets: the warning says so
+            # rather than claiming the pod lacks the secret.
+            assert answer.warnings == [
+                f"pod needs imagePullSecret {SECRET!r} for these images; UPDATE of "
+                "ephemeralcontainers cannot add it and does not show the pod's "
+                "imagePullSecrets: if the pod does not list it, recreate the pod so it can "
+                "pull its private images"
+            ]
         assert dockerconfig_of((await read_secret(api, app, SECRET)).ok()) == online_secret()
 
 
