@@ -368,8 +368,22 @@ def load(path: str | Path) -> Settings:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     try:
         return parse(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's snippet of the line: it may hold the license ID."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+
+    def at(mark: yaml.Mark | None) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    text = ": ".join(part for part in (at(exc.problem_mark), exc.problem or "syntax error") if part)
+    if exc.context:
+        text += f" ({exc.context}" + (f" at {at(exc.context_mark)})" if exc.context_mark else ")")
+    return text
