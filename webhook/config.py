@@ -160,7 +160,8 @@ class _Section:
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
 
-    def get(self, name: str, kind: type[_T], default: _T) -> _T:
+    def get(self, name: str, kind: type[_T], default: _T, *, secret: bool = False) -> _T:
+        """The value of a key; ``secret``: never repeat the value in an error."""
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             return default
@@ -168,8 +169,9 @@ class _Section:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            shown = "value hidden" if secret else repr(value)
             raise ConfigError(
-                f"{self.key(name)}: expected {kind.__name__}, got {_kind(value)} ({value!r})"
+                f"{self.key(name)}: expected {kind.__name__}, got {_kind(value)} ({shown})"
             )
         return value
 
@@ -263,7 +265,7 @@ def parse(data: object) -> Settings:
         raise ConfigError("appSlug: required (the application slug, e.g. my-app)")
     if not _DNS_LABEL.fullmatch(slug):
         raise ConfigError(f"appSlug: {slug!r} must be a lower-case DNS label")
-    license_id = root.get("licenseID", str, "")
+    license_id = root.get("licenseID", str, "", secret=True)
     license_id_file = root.get("licenseIDFile", str, "")
     if license_id and license_id_file:
         raise ConfigError("licenseID and licenseIDFile: set one, not both")
