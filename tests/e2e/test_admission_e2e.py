@@ -11,6 +11,7 @@ images carry no port and can be proxied (DESIGN.md §1).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -43,7 +44,7 @@ from tests.e2e.admission_harness import (
     run_webhook,
     wait_until_mutating,
 )
-from tests.e2e.kubeapi import KubeAPIServer, free_port
+from tests.e2e.kubeapi import KubeAPIServer, find_binaries, free_port
 from tests.integration.registries import Registry, can_bind_low_ports, require_registry_binary
 from webhook import pullsecrets, tls
 from webhook.config import Settings
@@ -848,3 +849,60 @@ async def test_pod_admitted_with_a_warning_when_the_api_server_fails_the_secret(
             assert silent.connections >= 1
         # Nothing reached the real API server's secrets.
         assert (await read_secret(api, app, SECRET)).status == 404
+
+
+# --- namespaces: ["*"] ----------------------------------------------------------------
+
+
+async def test_all_namespaces_secret_follows_new_namespaces(tmp_path: Path) -> None:
+    """``namespaces: ["*"]`` writes the secret everywhere, including namespaces made later.
+
+    It runs against an API server of its own: on the shared one it would write into
+    every other test's namespaces.
+    """
+    found = find_binaries()
+    if isinstance(found, str):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"e2e: {found}", pytrace=False)
+        pytest.skip(f"e2e: {found}")
+    kube = KubeAPIServer(binary=found[0], etcd_binary=found[1])
+    await asyncio.to_thread(kube.start)
+    try:
+        await kube.create_namespace("existing")
+        await kube.create_namespace("webhook-home")
+        settings = Settings(app_slug="my-app", license_id=LICENSE, namespaces=("*",))
+        async with kube.api_client() as api, kube.api_client() as manager_api:
+            manager = pullsecrets.PullSecrets(
+                manager_api,
+                settings,
+                lambda: pullsecrets.read_credentials(settings),
+                webhook_namespace="webhook-home",
+            )
+            loop = asyncio.create_task(manager.run())
+            try:
+
+                async def written(*names: str) -> bool:
+                    for name in names:
+                        answer = await read_secret(api, name, SECRET)
+                        if answer.status != 200 or dockerconfig_of(answer.body) != online_secret():
+                            return False
+                    return True
+
+                await eventually(lambda: written("existing", "default"), what="initial secrets")
+                # A namespace created afterwards is picked up by the watch, not the
+                # periodic reconcile (next one in minutes).
+                await kube.create_namespace("created-later")
+                await eventually(lambda: written("created-later"), timeout=10, what="watch")
+                secret = (await read_secret(api, "created-later", SECRET)).ok()
+                assert secret["type"] == SECRET_TYPE
+                # Never in kube-system, nor in the webhook's own namespace.
+                assert (await read_secret(api, "kube-system", SECRET)).status == 404
+                assert (await read_secret(api, "webhook-home", SECRET)).status == 404
+                assert manager.healthy
+            finally:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+                await manager.close()
+    finally:
+        await asyncio.to_thread(kube.stop)
