@@ -45,3 +45,9 @@ def setup(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats our per-request line.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # At DEBUG the Kubernetes client logs every response body, and the pull
+    # secret's create/read/replace responses carry its data: the license ID.
+    logging.getLogger(SECRET_BEARING_LOGGER).setLevel(logging.INFO)
+
+
+SECRET_BEARING_LOGGER = "kubernetes_asyncio.client.rest"
