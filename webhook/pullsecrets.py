@@ -290,6 +290,9 @@ class PullSecrets:
         for namespace in await self._namespaces():
             if not self.settings.covers(namespace, self.webhook_namespace):
                 continue
+            # Look at the cluster, not at the memory of having written it: the secret
+            # may have been deleted or edited since.
+            self._ensured.pop(namespace, None)
             if await self.ensure(namespace, API_TIMEOUT_SECONDS * 3) is not None:
                 failed += 1
         self.healthy = failed == 0

@@ -718,6 +718,37 @@ async def test_reconcile_after_license_change_rewrites_every_namespace(
             await manager.close()
 
 
+async def test_reconcile_restores_a_secret_deleted_or_changed_in_the_cluster(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    tag: str,
+) -> None:
+    """The periodic reconcile looks at the cluster, not at what it remembers writing."""
+    app, extra = f"app-{tag}", f"extra-{tag}"
+    await namespaces(kube_apiserver, tag, app, extra)
+    settings = Settings(app_slug="my-app", license_id=LICENSE, namespaces=(app, extra))
+    async with kube_apiserver.api_client() as client:
+        manager = pullsecrets.PullSecrets(
+            client, settings, lambda: pullsecrets.read_credentials(settings)
+        )
+        try:
+            assert await manager.reconcile() == 0
+            # Someone deletes one secret and edits the other.
+            path = f"/api/v1/namespaces/{app}/secrets/{SECRET}"
+            assert (await call(api, "DELETE", path)).status == 200
+            edited = (await read_secret(api, extra, SECRET)).ok()
+            edited["data"] = {".dockerconfigjson": _b64(b'{"auths":{}}')}
+            path = f"/api/v1/namespaces/{extra}/secrets/{SECRET}"
+            (await call(api, "PUT", path, edited)).ok()
+
+            assert await manager.reconcile() == 0
+            for namespace in (app, extra):
+                secret = (await read_secret(api, namespace, SECRET)).ok()
+                assert dockerconfig_of(secret) == online_secret()
+        finally:
+            await manager.close()
+
+
 # --- failurePolicy ------------------------------------------------------------------
 
 
