@@ -8,7 +8,8 @@
 - :func:`on_address`: starts one of those fakes on a given host and port (a
   loopback address on port 80 gives port-less image names, which the proxy path
   can carry).
-- :class:`ServerProcess`: ``python -m webhook serve --config ...`` as a subprocess.
+- :class:`ServerProcess`: ``python -m webhook serve --config ...`` as a subprocess;
+  :func:`run_cli` for a command that runs to completion.
 - :func:`write_config`, :func:`certificates`, small HTTP helpers.
 """
 
@@ -232,10 +233,20 @@ def write_config(path: Path, certs: tls.CertPaths, **overrides: Any) -> dict[str
 class ServerProcess:
     """``python -m webhook serve --config FILE`` with its log in a file."""
 
-    def __init__(self, config: Path, log: Path, *, log_format: str = "json") -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        *,
+        log_format: str = "json",
+        log_level: str = "INFO",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.log = log
         self.log_format = log_format
+        self.log_level = log_level
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         data = yaml.safe_load(config.read_text())
         self.port = int(data["server"]["port"])
@@ -247,23 +258,20 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-        env["KUBECONFIG"] = "/nonexistent"  # no API server: pull secrets are not managed
-        env.pop("POD_NAMESPACE", None)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "webhook",
+                    *cli(),
                     "--log-format",
                     self.log_format,
+                    "--log-level",
+                    self.log_level,
                     "serve",
                     "--config",
                     str(self.config),
                 ],
                 cwd=REPO,
-                env=env,
+                env=server_env(self.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -303,6 +311,33 @@ class ServerProcess:
             with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
         return records
+
+
+def cli() -> list[str]:
+    return [sys.executable, "-m", "webhook"]
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a server process: no API server unless ``extra`` names one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["KUBECONFIG"] = "/nonexistent"  # no API server: pull secrets are not managed
+    env.pop("POD_NAMESPACE", None)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: list[str], timeout: float = 60) -> tuple[int, str]:
+    """``python -m webhook ARGS`` to completion: (exit code, stdout and stderr)."""
+    done = subprocess.run(
+        [*cli(), *args],
+        cwd=REPO,
+        env=server_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
 
 
 def http_status(host: str, port: int, path: str, timeout: float = 1.0) -> int | None:
