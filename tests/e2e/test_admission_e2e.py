@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -563,6 +564,35 @@ async def test_airgap_rewrites_to_the_local_registry_and_refuses_digests(
     assert probes_after == probes_before
 
 
+async def test_airgap_without_registry_credentials_adds_no_pull_secret(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    settings = {
+        "mode": "airgap",
+        "namespaces": [app],
+        "airgap": {"registry": AIRGAP_REGISTRY, "namespace": ""},
+    }
+    async with (
+        run_webhook(settings, certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        answer = await create_pod(api, app, pod("p", {"api": f"{VENDOR}/my-app/api:1.0"}))
+        assert answer.status == 201 and answer.warnings == [], answer.body
+        assert stored_view(await read_pod(api, app, "p")) == {
+            "images": {"api": f"{AIRGAP_REGISTRY}/api:1.0"},  # empty airgap.namespace
+            "imagePullSecrets": None,
+            "original-images": {"api": f"{VENDOR}/my-app/api:1.0"},
+        }
+        assert (await read_secret(api, app, SECRET)).status == 404
+
+
 # --- the pull secret: stale content, license change --------------------------------
 
 
@@ -627,8 +657,10 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
     tag: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """secrets=None: the service builds PullSecrets from KUBECONFIG and runs its loop."""
+    caplog.set_level(logging.DEBUG, logger="webhook")
     app, extra = f"app-{tag}", f"extra-{tag}"
     await namespaces(kube_apiserver, tag, app, extra)
     # A secret left from an earlier license in the additional namespace.
@@ -678,6 +710,14 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
         answer = await create_pod(api, app, pod("after", {"a": "quay.io/my-org/a:1"}))
         assert answer.status == 201 and answer.warnings == [], answer.body
         assert (await read_pod(api, app, "after"))["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+
+    # The license ID is never logged (DESIGN.md §3), in any form the secret holds.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("webhook"))
+    # Logged instead: the stale secret replaced at start, then both after the change.
+    assert logged.count(f"updated pull secret {SECRET} in ") == 3, logged
+    for license_id in ("license-one", "license-two"):
+        auth = _b64(f"LICENSE_ID:{license_id}".encode())
+        assert license_id not in logged and auth not in logged
 
 
 async def test_reconcile_after_license_change_rewrites_every_namespace(
