@@ -61,6 +61,16 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime from /proc/PID/stat (its fields after the command name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 @dataclass
 class Process:
     name: str
@@ -81,6 +91,10 @@ class Process:
         # not permitted: the peak then covers the process's whole life
         with contextlib.suppress(OSError):
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        return cpu_seconds(self.pid)
 
     def rss_mib(self) -> tuple[float, float]:
         current, peak = rss_kib(self.pid)
@@ -165,6 +179,11 @@ def _tls_listening(host: str, port: int) -> bool:
         return True
 
 
+_UVLOOP_MAIN = (
+    "import sys, uvloop; uvloop.install(); from webhook.__main__ import main; sys.exit(main())"
+)
+
+
 def start_webhook(
     config: Path,
     host: str,
@@ -174,10 +193,16 @@ def start_webhook(
     *,
     python: str = sys.executable,
     log_format: str = "json",
+    loop: str = "default",
     timeout: float = 30.0,
 ) -> Process:
     """The webhook as a cluster runs it: the CLI, JSON logs (the chart's default)."""
-    argv = [python, "-m", "webhook", "--log-format", log_format, "serve", "--config", str(config)]
+    cli = ["--log-format", log_format, "serve", "--config", str(config)]
+    if loop == "uvloop":
+        # the same CLI, on uvloop's event loop
+        argv = [python, "-c", _UVLOOP_MAIN, *cli]
+    else:
+        argv = [python, "-m", "webhook", *cli]
     process = _spawn("webhook", argv, log_file, f"https://{host}:{port}")
     process.extra["metrics_url"] = f"http://{host}:{health_port}/metrics"
     _wait(process, lambda: _http_ok(f"http://{host}:{health_port}/readyz"), timeout)
