@@ -310,12 +310,13 @@ class PullSecrets:
         try:
             while True:
                 changed = False
+                first = self._body is None
                 try:
                     changed = self.refresh()
                 except CredentialsError as exc:
                     self.healthy = False
                     log.warning("pull secret not refreshed: %s", exc)
-                if changed and self._body is not None:
+                if changed and not first:
                     log.info("pull secret content changed: re-applying in every namespace")
                 if changed or loop.time() >= next_reconcile:
                     try:
