@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
-import jsonpatch
-
 from webhook import podspec
 from webhook.config import Settings
 from webhook.podspec import PodTemplate
@@ -230,7 +228,9 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
     if ops:
         response = review["response"]
         response["patchType"] = "JSONPatch"
-        patch = jsonpatch.JsonPatch(ops).to_string().encode()
+        # The operations are built from the decision's pointers, so they need no
+        # jsonpatch.JsonPatch round trip (which parses every pointer): encode them.
+        patch = json.dumps(ops).encode()
         response["patch"] = base64.b64encode(patch).decode("ascii")
     if decision.original_images:
         review["response"]["auditAnnotations"] = {
