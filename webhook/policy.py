@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from webhook import images
 from webhook.config import (
@@ -279,10 +280,10 @@ def original_images_annotation(
     merged: dict[str, str] = {}
     if existing:
         try:
-            previous = json.loads(existing.get(ORIGINAL_IMAGES_ANNOTATION) or "{}")
+            previous = orjson.loads(existing.get(ORIGINAL_IMAGES_ANNOTATION) or "{}")
         except (TypeError, ValueError):
             previous = {}
         if isinstance(previous, dict):
             merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
     merged.update(originals)
-    return json.dumps(merged, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
