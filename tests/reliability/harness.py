@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -41,6 +43,17 @@ from webhook import tls
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def require(module: str, pip_name: str) -> ModuleType:
+    """Import a test dependency; skip locally, fail in CI (CI=true) when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{pip_name} is not installed ({exc}); pip install {pip_name}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def require_root_for_low_ports() -> None:
@@ -167,6 +180,16 @@ class FakeThread:
         for fake in reversed(self.started):
             with contextlib.suppress(Exception):
                 self.run(fake.stop(), timeout=10)
+
+        async def cancel_the_rest() -> None:
+            # a hanging fake's handlers wait forever: end them before the loop closes
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_the_rest(), timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -45,6 +45,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.reliability.harness import require
 from webhook import config
 from webhook.admission import Admitter
 from webhook.config import Visibility
@@ -52,7 +53,7 @@ from webhook.images import ImageRef, InvalidImageError, parse
 from webhook.policy import Repository
 from webhook.server import MAX_BODY_BYTES, webhook_app
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
+kubernetes_validate = require("kubernetes_validate", "kubernetes-validate")
 
 KUBE_VERSION = "1.30.0"
 DEADLINE = 2.0  # server.admissionDeadlineSeconds of every fuzzed server

@@ -247,7 +247,14 @@ def webhook_tasks() -> set[asyncio.Task[Any]]:
     return {t for t in asyncio.all_tasks() if t is not current}
 
 
-@pytest.mark.parametrize("mode", ["proxy", "direct", "deny"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "proxy",
+        pytest.param("direct", marks=pytest.mark.slow),
+        pytest.param("deny", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 async def test_fault_under_load(
     fault: Fault, mode: str, fakes: FakeThread, test_ca: TestCA, serve: Any
