@@ -56,8 +56,7 @@ class Resolved:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    visibility: Visibility
-    reason: str
+    resolved: Resolved  # the answer a cache hit gives (built once, not per hit)
     ttl: float  # seconds this entry lives, jitter included
 
 
@@ -82,6 +81,9 @@ class VisibilityResolver:
         self._jitter = max(0.0, min(jitter, 0.5))
         self._random = random.Random()
         self._metrics = metrics
+        # label children bound once: labels() costs more than the increment itself
+        self._hit = metrics.cache_lookups.labels("hit") if metrics is not None else None
+        self._miss = metrics.cache_lookups.labels("miss") if metrics is not None else None
         self._cache: TLRUCache[Repository, _Entry] = TLRUCache(
             maxsize=visibility.cache_size,
             ttu=lambda _key, entry, now: now + entry.ttl,
@@ -115,16 +117,19 @@ class VisibilityResolver:
 
     def lookup(self, domain: str, path: str) -> Resolved | None:
         """The answer without waiting: an override or a live cache entry, else None."""
-        override = self._settings.override_for(f"{domain}/{path}")
-        if override is not None:
-            return Resolved(override, OVERRIDE, cached=False)
-        entry = self._cache.get((domain, path))
-        if entry is None:
+        if self._settings.overrides:
+            override = self._settings.override_for(f"{domain}/{path}")
+            if override is not None:
+                return Resolved(override, OVERRIDE, cached=False)
+        try:
+            # one expiry check; .get() would check twice (__contains__, then __getitem__)
+            entry = self._cache[(domain, path)]
+        except KeyError:
             return None
         self.hits += 1
-        if self._metrics is not None:
-            self._metrics.cache_lookups.labels("hit").inc()
-        return Resolved(entry.visibility, entry.reason, cached=True)
+        if self._hit is not None:
+            self._hit.inc()
+        return entry.resolved
 
     async def resolve(self, domain: str, path: str, reference: str) -> Resolved:
         """Overrides first (reason "override"), then the cache, then one shared probe.
@@ -185,8 +190,8 @@ class VisibilityResolver:
         """The probe in flight for this repository, started if there is none."""
         key = (domain, path)
         self.misses += 1
-        if self._metrics is not None:
-            self._metrics.cache_lookups.labels("miss").inc()
+        if self._miss is not None:
+            self._miss.inc()
         task = self._inflight.get(key)
         if task is not None:
             self.joined += 1
@@ -222,7 +227,8 @@ class VisibilityResolver:
             self._metrics.probe_duration.observe(elapsed)
         ttl = self._ttl(result)
         if ttl > 0:
-            self._cache[key] = _Entry(result.visibility, result.reason, ttl)
+            resolved = Resolved(result.visibility, result.reason, cached=True)
+            self._cache[key] = _Entry(resolved, ttl)
         log.debug(
             "visibility %s/%s: %s (%s), cached for %.1fs",
             domain,
