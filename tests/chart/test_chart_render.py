@@ -488,22 +488,24 @@ def test_rbac_is_least_privilege(case: Rendered) -> None:
     assert case.one("ServiceAccount")["metadata"]["name"] == account
     subject = [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
     secret = server_config.parse(yaml.safe_load(case.config_text)).secret_name
+    # What webhook/pullsecrets.py calls; tests/e2e/test_rbac.py shows each is used.
     secret_rights = {("secrets", "create", "*")} | {
-        ("secrets", verb, secret) for verb in ("get", "patch", "update")
+        ("secrets", verb, secret) for verb in ("get", "update", "delete")
     }
-    namespace_rights = {("namespaces", verb, "*") for verb in ("get", "list", "watch")}
+    namespace_rights = {("namespaces", verb, "*") for verb in ("list", "watch")}
 
-    cluster_role = case.one("ClusterRole")
-    binding = case.one("ClusterRoleBinding")
-    assert binding["subjects"] == subject
-    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     roles = {r["metadata"]["namespace"]: r for r in case.all("Role")}
     role_bindings = {b["metadata"]["namespace"]: b for b in case.all("RoleBinding")}
     if covered == ["*"]:
+        cluster_role = case.one("ClusterRole")
+        binding = case.one("ClusterRoleBinding")
+        assert binding["subjects"] == subject
+        assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
         assert permissions(cluster_role["rules"]) == namespace_rights | secret_rights
         assert roles == {} and role_bindings == {}
     else:
-        assert permissions(cluster_role["rules"]) == namespace_rights
+        # Nothing cluster-wide: the namespaces are listed only for ["*"].
+        assert case.all("ClusterRole") == [] and case.all("ClusterRoleBinding") == []
         assert set(roles) == set(role_bindings) == set(covered)
         for namespace, role in roles.items():
             assert permissions(role["rules"]) == secret_rights

@@ -301,8 +301,10 @@ Deployment, so every install runs them.
 {{- end }}
 
 {{/*
-RBAC rules for the pull secret: create it, and read and update only that one
-Secret (create cannot be limited by name).
+RBAC rules for the pull secret, exactly the calls webhook/pullsecrets.py makes:
+create it (create cannot be limited by name); read, update, and delete only that
+one Secret (a Secret of another type is deleted and created again, because its
+type cannot be changed). tests/e2e/test_rbac.py checks each verb is used.
 */}}
 {{- define "image-proxy-webhook.secretRules" -}}
 - apiGroups: [""]
@@ -311,7 +313,7 @@ Secret (create cannot be limited by name).
 - apiGroups: [""]
   resources: ["secrets"]
   resourceNames: [{{ include "image-proxy-webhook.pullSecretName" . | quote }}]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "update", "delete"]
 {{- end }}
 
 {{- define "image-proxy-webhook.renderPolicy" -}}
