@@ -98,10 +98,12 @@ def tls_secret(name: str, certs: tls.CertPaths) -> dict[str, Any]:
     }
 
 
-async def wait_until_mutating(admin: k8s.ApiClient, ns: str) -> None:
-    """The API server picks up webhook configurations asynchronously: dry-run a Pod
-    until it comes back rewritten (a dry run writes no pull secret)."""
+async def wait_until_active(admin: k8s.ApiClient, ns: str) -> None:
+    """The API server picks up webhook configurations asynchronously: dry-run Pods
+    (a dry run writes no pull secret) until one comes back rewritten and one that
+    cannot be proxied is refused."""
     probe = pod(f"ready-{uuid.uuid4().hex[:6]}", {"app": "quay.io/my-org/ready:v1"})
+    refused = pod(f"ready-{uuid.uuid4().hex[:6]}", {"app": PORTED})
 
     async def mutated() -> bool:
         answer = await create_pod(admin, ns, probe, dry_run=True)
@@ -109,7 +111,11 @@ async def wait_until_mutating(admin: k8s.ApiClient, ns: str) -> None:
             PREFIX
         )
 
+    async def validated() -> bool:
+        return (await create_pod(admin, ns, refused, dry_run=True)).status in (400, 403)
+
     await eventually(mutated, timeout=30, what=f"the chart's webhook to mutate Pods in {ns}")
+    await eventually(validated, timeout=30, what=f"the chart's webhook to validate Pods in {ns}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -168,7 +174,8 @@ async def installed(
             env.setenv("KUBECONFIG", str(kubeconfig_for(kube, token, work / "kubeconfig")))
             env.setenv(WEBHOOK_NAMESPACE_ENV, system)  # the Deployment's downward API
             await stack.enter_async_context(service.running(settings))
-        await wait_until_mutating(admin, app)
+        await wait_until_active(admin, app)
+        await wait_until_active(admin, extra)
         yield Installed(release, app, extra, other, url, ca_pem, admin)
 
 
