@@ -646,6 +646,53 @@ def test_any_image_string(servers: Servers, image: str, variant: str) -> None:
     assert_written_images_parse(obj, result)
 
 
+@FUZZ
+@given(
+    spec=pod_specs(),
+    legacy=st.booleans(),
+    variant=st.sampled_from(sorted(VARIANTS)),
+    annotations=st.one_of(st.none(), annotations),
+)
+def test_ephemeral_containers_subresource(
+    servers: Servers,
+    spec: dict[str, Any],
+    legacy: bool,
+    variant: str,
+    annotations: dict[str, str] | None,
+) -> None:
+    """pods/ephemeralcontainers, as a Pod (1.22+) or a v1 EphemeralContainers object.
+
+    Only images may change there: never imagePullSecrets, never metadata.
+    """
+    meta: dict[str, Any] = {"name": "p", "namespace": "my-app"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    if legacy:
+        ephemeral = spec.get("ephemeralContainers") or []
+        obj: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "EphemeralContainers",
+            "metadata": meta,
+            "ephemeralContainers": ephemeral,
+        }
+    else:
+        obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    response, result = roundtrip(
+        servers,
+        variant,
+        obj,
+        kind=obj["kind"],
+        operation="UPDATE",
+        subresource="ephemeralcontainers",
+    )
+    assert response is not None
+    for op in decoded_patch(response):
+        assert op["op"] == "replace" and op["path"].endswith("/image"), op
+    if not legacy:
+        assert_schema_valid(result)
+    assert_written_images_parse(obj, result)
+
+
 @st.composite
 def broken_reviews(draw: st.DrawFn) -> dict[str, Any]:
     """An AdmissionReview with junk in one or more places (or the whole body junk)."""
