@@ -74,6 +74,10 @@ class Admitter:
         self.secrets = secrets
         self.metrics = metrics
         self.webhook_namespace = webhook_namespace
+        # metric children by label values (a bounded set): labels() on every request
+        # costs more than the increment
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     async def decide(
         self, template: PodTemplate | None, request: Request, deadline: float
@@ -122,13 +126,22 @@ class Admitter:
     def _record(self, outcome: Outcome, endpoint: Endpoint) -> None:
         request, decision = outcome.request, outcome.decision
         if self.metrics is not None:
-            self.metrics.admissions.labels(
+            labels = (
                 endpoint,
                 _label(request.operation, OPERATIONS),
                 _label(request.kind, KINDS),
                 outcome.label,
-            ).inc()
-            self.metrics.admission_duration.labels(endpoint).observe(outcome.seconds)
+            )
+            counter = self._counters.get(labels)
+            if counter is None:
+                counter = self._counters[labels] = self.metrics.admissions.labels(*labels)
+            counter.inc()
+            duration = self._durations.get(endpoint)
+            if duration is None:
+                duration = self._durations[endpoint] = self.metrics.admission_duration.labels(
+                    endpoint
+                )
+            duration.observe(outcome.seconds)
             if endpoint == "mutate" and decision.rewrites:
                 self.metrics.images_rewritten.inc(len(decision.rewrites))
         if not log.isEnabledFor(logging.INFO):
