@@ -52,15 +52,27 @@ class JSONFormatter(logging.Formatter):
             return json.dumps(entry, default=str)
 
 
+def _one_line(text: str) -> str:
+    """Request fields (uid, name, images) come from the caller: no forged log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TextFormatter(logging.Formatter):
+    """Human-readable lines; what a request supplies is escaped onto the one line."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = getattr(record, "fields", None)
         uid = fields.get("uid") if isinstance(fields, dict) else None
-        return f"{text} uid={uid}" if uid else text
+        return f"{text} uid={_one_line(str(uid))}" if uid else text
 
 
 def setup(fmt: str = "text", level: str = "INFO") -> None:

@@ -318,3 +318,18 @@ def test_self_signed_certificate_is_for_localhost(tmp_path: Path) -> None:
     assert server.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert oct(paths.key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_text_log_lines_cannot_be_forged() -> None:
+    import logging
+
+    from webhook.logs import TextFormatter
+
+    record = logging.LogRecord(
+        "webhook.admission", logging.INFO, __file__, 1, "mutate Pod %s/%s: allowed",
+        ("ns", "web\n2026-01-01 00:00:00 INFO forged: line"), None,
+    )
+    record.fields = {"uid": "u\r\nx"}
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith("web\\n2026-01-01 00:00:00 INFO forged: line: allowed uid=u\\r\\nx")
