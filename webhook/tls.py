@@ -146,6 +146,76 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+class CertificateAuthority:
+    """A development CA in memory; ``issue`` signs serving certificates."""
+
+    def __init__(
+        self, common_name: str = "image-proxy-webhook development CA", days: int = 365
+    ) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        self.days = days
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = _name(common_name)
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self.key)
+
+    def issue(self, names: tuple[str, ...], days: int | None = None) -> tuple[bytes, bytes]:
+        """A serving certificate for ``names`` (DNS names or IPs): (cert PEM, key PEM)."""
+        if not names:
+            raise ValueError("at least one DNS name or IP address is needed")
+        now = datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(names[0]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days or self.days))
+            .add_extension(_san(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
 def generate(out: Path, names: tuple[str, ...], days: int = 365) -> CertPaths:
     """A development CA and a serving certificate for ``names`` (DNS names or IPs).
 
@@ -154,61 +224,13 @@ def generate(out: Path, names: tuple[str, ...], days: int = 365) -> CertPaths:
     if not names:
         raise ValueError("at least one DNS name or IP address is needed")
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("image-proxy-webhook development CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(_san(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
+    ca = CertificateAuthority(days=days)
+    cert, key = ca.issue(names)
     paths = CertPaths(out / "tls.crt", out / "tls.key", out / "ca.crt")
-    _write(out / "ca.key", _pem_key(ca_key), private=True)
-    _write(out / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write(paths.key_file, _pem_key(key), private=True)
-    _write(paths.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    _write(out / "ca.key", ca.key_pem, private=True)
+    _write(out / "ca.crt", ca.pem)
+    _write(paths.key_file, key, private=True)
+    _write(paths.cert_file, cert)
     return paths
 
 
