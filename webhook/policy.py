@@ -93,12 +93,15 @@ def repositories_to_probe(
         return {}
     wanted: dict[Repository, ImageRef] = {}
     own_hosts = {settings.proxy_domain, settings.registry_domain, UPSTREAM_REGISTRY_DOMAIN}
+    overrides = settings.visibility.overrides
     for container in template.images:
         ref = parse_image(container.image)
         if ref is None or ref.domain in own_hosts:
             continue
         key = (ref.domain, ref.path)
-        if key not in wanted and settings.visibility.override_for(ref.repository) is None:
+        if key not in wanted and (
+            not overrides or settings.visibility.override_for(ref.repository) is None
+        ):
             wanted[key] = ref
     return wanted
 
@@ -134,10 +137,12 @@ class _Builder:
 
     def online(self, pointer: str, container: str, ref: ImageRef, visibility: Visibility) -> None:
         s = self.settings
-        label = _label(container, ref.original)
         if ref.domain in (s.proxy_domain, s.registry_domain):  # already proxied, or the vendor's
             self.needs_secret = True
             return
+        if visibility is Visibility.PUBLIC and ref.domain != UPSTREAM_REGISTRY_DOMAIN:
+            return  # the common case: nothing to say, so no message is formatted
+        label = _label(container, ref.original)
         if ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
             self.needs_secret = True
             new = images.format_image(s.registry_domain, ref.path, ref.suffix)
@@ -255,6 +260,7 @@ def decide(
     if template is None:
         return Decision()
     builder = _Builder(settings, request, template)
+    overrides = settings.visibility.overrides
     for container in template.images:
         try:
             ref = images.parse(container.image)
@@ -266,9 +272,8 @@ def decide(
         if settings.mode is Mode.AIRGAP:
             builder.airgap(container.pointer, container.container, ref)
             continue
-        visibility = settings.visibility.override_for(ref.repository) or visibilities.get(
-            (ref.domain, ref.path), Visibility.UNKNOWN
-        )
+        override = settings.visibility.override_for(ref.repository) if overrides else None
+        visibility = override or visibilities.get((ref.domain, ref.path), Visibility.UNKNOWN)
         builder.online(container.pointer, container.container, ref, visibility)
     return builder.decision()
 
