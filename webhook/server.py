@@ -61,8 +61,12 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Respon
         admitter = request.app[ADMITTER]
         deadline = admitter.settings.server.admission_deadline_seconds
         try:
-            async with asyncio.timeout(deadline):
+            if request.content.is_eof():
+                # The whole body has arrived already (the usual case): no timer to arm.
                 body = await request.read()
+            else:
+                async with asyncio.timeout(deadline):
+                    body = await request.read()
         except TimeoutError:
             return _error(408, f"request body not received within {deadline:g}s")
         except web.HTTPRequestEntityTooLarge:
