@@ -1,0 +1,146 @@
+"""Smoke test of bench/: the floor, the webhook CLI and wrk, one tiny scenario (~1 s each).
+
+Keeps the benchmark code from rotting; it asserts that the pieces work and the
+figures are sane, not how fast anything is. Needs wrk: skipped locally without
+it, failed under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import cachefill, harness
+from bench import run as bench_run
+from webhook import tls
+
+HOST = "127.0.0.1"
+PRIVATE = "quay.io/acme/api:v1"
+PUBLIC = "docker.io/library/nginx:1.25"
+
+
+@pytest.fixture(scope="module")
+def wrk_binary() -> str:
+    binary = shutil.which("wrk")
+    if binary is None:
+        message = "wrk is not installed: apt-get install -y wrk"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return binary
+
+
+def write_config(directory: Path, port: int, health: int, certs: tls.CertPaths) -> Path:
+    """Overrides settle every image, so no registry is needed."""
+    settings = {
+        "appSlug": "bench",
+        "licenseID": "bench-license-id",
+        "namespaces": ["bench"],
+        "visibility": {
+            "overrides": [
+                {"match": "quay.io/acme/*", "visibility": "private"},
+                {"match": "docker.io/*", "visibility": "public"},
+            ]
+        },
+        "server": {
+            "host": HOST,
+            "port": port,
+            "healthPort": health,
+            "certFile": str(certs.cert_file),
+            "keyFile": str(certs.key_file),
+        },
+    }
+    path = directory / "config.yaml"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
+    certs = tls.generate(tmp_path / "tls", tls.DEV_NAMES)
+    port, health = harness.free_port(HOST), harness.free_port(HOST)
+    config_path = write_config(tmp_path, port, health, certs)
+    body = bench_run.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])
+    expected = bench_run.expected_answer(config_path, body, set())
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps({"/warm-3": expected}))
+    bodies = harness.write_bodies(tmp_path / "bodies.jsonl", [body])
+
+    webhook = harness.start_webhook(config_path, HOST, port, health, tmp_path / "webhook.log")
+    try:
+        floor = harness.start_floor(
+            HOST,
+            harness.free_port(HOST),
+            certs.cert_file,
+            certs.key_file,
+            responses,
+            tmp_path / "floor.log",
+        )
+        try:
+            # both answer what the core decides, byte for byte the same review
+            status, answer = harness.post(f"{webhook.base_url}/mutate", body)
+            assert (status, answer) == (200, expected)
+            assert harness.post(f"{floor.base_url}/warm-3", body) == (200, expected)
+            assert answer["response"]["patchType"] == "JSONPatch"
+
+            profile = bench_run.Profile(
+                seconds=1,
+                warmup=0,
+                rounds=1,
+                cold_repositories=0,
+                cold_seconds=0,
+                fill_entries=0,
+                fill_cache_size=0,
+                server_time_samples=0,
+            )
+            scenario = bench_run.Scenario("warm-3", "/warm-3", [body], (4,))
+            before = bench_run.scrape(webhook.extra["metrics_url"])
+            pair = bench_run.measure(scenario, 4, webhook, floor, bodies, profile)
+            after = bench_run.scrape(webhook.extra["metrics_url"])
+        finally:
+            floor.stop()
+    finally:
+        webhook.stop()
+
+    summary = pair.summary()
+    for side in ("floor", "webhook"):
+        figures = summary[side]
+        assert figures["requests"] > 10, summary
+        assert figures["errors"] == 0
+        assert figures["rps"] > 0
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+        assert figures["cpu_us_per_request"] > 0
+        assert figures["peak_rss_mib"] > 10
+    assert summary["throughput_ratio"] > 0 and summary["p99_ratio"] > 0
+
+    # the webhook's own histogram saw what wrk sent
+    admitted = bench_run.metric(
+        after, "image_proxy_webhook_admission_duration_seconds_count", endpoint="mutate"
+    ) - bench_run.metric(
+        before, "image_proxy_webhook_admission_duration_seconds_count", endpoint="mutate"
+    )
+    assert admitted >= summary["webhook"]["requests"]
+    p50 = bench_run.histogram_quantile(
+        0.5, before, after, "image_proxy_webhook_admission_duration_seconds", endpoint="mutate"
+    )
+    assert p50 is not None and 0 < p50 < 1
+
+    # the report renders from these figures
+    results = {
+        "machine": bench_run.machine(),
+        "profile": {"name": "smoke", "seconds": 1, "rounds": 1},
+        "warm": [summary],
+    }
+    results["targets"] = bench_run.targets(results)
+    text = bench_run.render(results)
+    assert "warm-3" in text and "targets:" in text
+
+
+async def test_cache_fill_stays_within_cache_size() -> None:
+    points = await cachefill.fill(cache_size=300, entries=1000, checkpoints=[500])
+    assert [p["repositories"] for p in points] == [0, 500, 1000]
+    assert points[-1]["cache_entries"] == 300
+    assert all(p["rss_mib"] > 0 for p in points)
