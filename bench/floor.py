@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(args.host, args.port, paths, responses))
+        # as the webhook's serve command runs it
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(args.host, args.port, paths, responses))
     else:
         asyncio.run(serve(args.host, args.port, paths, responses))
 

@@ -179,9 +179,20 @@ def _tls_listening(host: str, port: int) -> bool:
         return True
 
 
-_UVLOOP_MAIN = (
-    "import sys, uvloop; uvloop.install(); from webhook.__main__ import main; sys.exit(main())"
+# The CLI runs on uvloop when it is installed; to measure it on asyncio's loop
+# instead, the bench hides uvloop from it.
+_ASYNCIO_MAIN = (
+    "import sys; sys.modules['uvloop'] = None; from webhook.__main__ import main; sys.exit(main())"
 )
+
+
+def default_loop() -> str:
+    """The event loop the webhook's serve command picks: uvloop when importable."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def start_webhook(
@@ -198,11 +209,12 @@ def start_webhook(
 ) -> Process:
     """The webhook as a cluster runs it: the CLI, JSON logs (the chart's default)."""
     cli = ["--log-format", log_format, "serve", "--config", str(config)]
-    if loop == "uvloop":
-        # the same CLI, on uvloop's event loop
-        argv = [python, "-c", _UVLOOP_MAIN, *cli]
-    else:
+    if loop == "asyncio":
+        argv = [python, "-c", _ASYNCIO_MAIN, *cli]
+    elif loop in ("default", default_loop()):
         argv = [python, "-m", "webhook", *cli]
+    else:
+        raise BenchError(f"the webhook cannot run on {loop}: uvloop is not installed")
     process = _spawn("webhook", argv, log_file, f"https://{host}:{port}")
     process.extra["metrics_url"] = f"http://{host}:{health_port}/metrics"
     _wait(process, lambda: _http_ok(f"http://{host}:{health_port}/readyz"), timeout)
@@ -217,12 +229,12 @@ def start_floor(
     responses: Path | None,
     log_file: Path,
     *,
-    loop: str = "asyncio",
+    loop: str = "",
     python: str = sys.executable,
     timeout: float = 30.0,
 ) -> Process:
     argv = [python, "-m", "bench.floor", "--host", host, "--port", str(port)]
-    argv += ["--cert", str(cert), "--key", str(key), "--loop", loop]
+    argv += ["--cert", str(cert), "--key", str(key), "--loop", loop or default_loop()]
     if responses is not None:
         argv += ["--responses", str(responses)]
     process = _spawn("floor", argv, log_file, f"https://{host}:{port}")

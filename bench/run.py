@@ -39,6 +39,7 @@ from bench.harness import (
     BenchError,
     Process,
     WrkResult,
+    default_loop,
     free_port,
     get_text,
     post,
@@ -934,8 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="event loop of both servers (uvloop: the webhook's CLI started on uvloop)",
+        default=default_loop(),
+        help="event loop of both servers (default: the webhook's own choice, "
+        f"{default_loop()} here)",
     )
     parser.add_argument(
         "--only",
