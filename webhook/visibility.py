@@ -117,6 +117,18 @@ class VisibilityResolver:
 
     def lookup(self, domain: str, path: str) -> Resolved | None:
         """The answer without waiting: an override or a live cache entry, else None."""
+        known = self._known(domain, path)
+        if known is not None and known.cached:
+            self._count_hits(1)
+        return known
+
+    def _count_hits(self, hits: int) -> None:
+        self.hits += hits
+        if self._hit is not None:
+            self._hit.inc(hits)
+
+    def _known(self, domain: str, path: str) -> Resolved | None:
+        """lookup() without counting: an override or a live cache entry, else None."""
         if self._settings.overrides:
             override = self._settings.override_for(f"{domain}/{path}")
             if override is not None:
@@ -126,9 +138,6 @@ class VisibilityResolver:
             entry = self._cache[(domain, path)]
         except KeyError:
             return None
-        self.hits += 1
-        if self._hit is not None:
-            self._hit.inc()
         return entry.resolved
 
     async def resolve(self, domain: str, path: str, reference: str) -> Resolved:
@@ -160,10 +169,12 @@ class VisibilityResolver:
         """Like resolve_all, with the reason and whether it came from the cache."""
         results: dict[Repository, Resolved] = {}
         waiting: dict[asyncio.Task[Resolved], Repository] = {}
+        hits = 0
         for key, ref in wanted.items():
-            known = self.lookup(*key)
+            known = self._known(*key)
             if known is not None:
                 results[key] = known
+                hits += known.cached
                 continue
             task = self._probe_task(key[0], key[1], ref.reference)
             if task is None:
@@ -172,6 +183,8 @@ class VisibilityResolver:
                 results[key] = task.result()
             else:
                 waiting[task] = key
+        if hits:
+            self._count_hits(hits)  # one locked increment per admission, not per repository
         if waiting:
             # asyncio.wait neither raises on timeout nor cancels what is still
             # running: the probe tasks live on and fill the cache.
