@@ -830,6 +830,7 @@ def run(options: Run) -> dict[str, Any]:
             "parts": list(options.parts),
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(),
     }
     with ExitStack() as stack:
         log("starting registries")
@@ -933,6 +934,17 @@ def run(options: Run) -> dict[str, Any]:
     results["targets"] = targets(results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return results
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    return done.stdout.strip()
 
 
 def _b64(text: str) -> str:
