@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
+import jsonpatch
 import orjson
 
 from webhook import podspec
@@ -229,10 +230,11 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
     if ops:
         response = review["response"]
         response["patchType"] = "JSONPatch"
-        # The operations are built from the decision's pointers, so they need no
-        # jsonpatch.JsonPatch round trip (which parses every pointer): encode them.
-        patch = orjson.dumps(ops)
-        response["patch"] = base64.b64encode(patch).decode("ascii")
+        # A jsonpatch.JsonPatch of operations taken straight from the decision's
+        # pointers (DESIGN.md §5): it checks every operation is well formed, and
+        # make_patch's whole-object diff stays out of the hot path.
+        patch = jsonpatch.JsonPatch(ops)
+        response["patch"] = base64.b64encode(orjson.dumps(patch.patch)).decode("ascii")
     if decision.original_images:
         review["response"]["auditAnnotations"] = {
             AUDIT_ANNOTATION: orjson.dumps(
