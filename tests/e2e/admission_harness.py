@@ -33,6 +33,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tests.e2e.kubeapi import KubeAPIServer, free_port
 from webhook import config, service, tls
 from webhook.admission import Admitter, SecretEnsurer
+from webhook.policy import ORIGINAL_IMAGES_ANNOTATION
 
 SELECTOR_LABEL = "e2e.image-proxy-webhook.io/test"
 PROBE_OVERRIDE = {"match": "quay.io/e2e-ready/*", "visibility": "private"}
@@ -210,6 +211,18 @@ def images_of(stored: Mapping[str, Any]) -> dict[str, str]:
 
 
 # --- the MutatingWebhookConfiguration ----------------------------------------------
+
+
+def stored_view(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """What the webhook may change in a stored Pod: images, pull secrets, its annotation."""
+    annotations = stored["metadata"].get("annotations") or {}
+    return {
+        "images": images_of(stored),
+        "imagePullSecrets": stored["spec"].get("imagePullSecrets"),
+        "original-images": json.loads(annotations[ORIGINAL_IMAGES_ANNOTATION])
+        if ORIGINAL_IMAGES_ANNOTATION in annotations
+        else None,
+    }
 
 
 def webhook_configuration(

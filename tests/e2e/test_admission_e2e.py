@@ -43,6 +43,7 @@ from tests.e2e.admission_harness import (
     read_secret,
     restricted_client,
     run_webhook,
+    stored_view,
     wait_until_mutating,
 )
 from tests.e2e.kubeapi import KubeAPIServer, find_binaries, free_port
@@ -154,18 +155,6 @@ def online_settings(registries: dict[str, Any], covered: list[str], **extra: Any
     }
     settings.update(extra)
     return settings
-
-
-def stored_view(stored: dict[str, Any]) -> dict[str, Any]:
-    """What the webhook may change in a stored Pod: images, pull secrets, its annotation."""
-    annotations = stored["metadata"].get("annotations") or {}
-    return {
-        "images": images_of(stored),
-        "imagePullSecrets": stored["spec"].get("imagePullSecrets"),
-        "original-images": json.loads(annotations[ANNOTATION])
-        if ANNOTATION in annotations
-        else None,
-    }
 
 
 # --- online ------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,10 +37,10 @@ from tests.e2e.admission_harness import (
     dockerconfig_of,
     eventually,
     expected_dockerconfig,
-    images_of,
     pod,
     read_pod,
     read_secret,
+    stored_view,
 )
 from tests.e2e.chart_release import (
     HelmRelease,
@@ -62,7 +61,6 @@ LICENSE = "chart-e2e-license-2ViYxYAm4h"
 SECRET = "my-app-registry"
 PROXY = "proxy.replicated.com"
 PREFIX = f"{PROXY}/proxy/my-app/"
-ANNOTATION = "image-proxy-webhook.io/original-images"
 OPT_OUT = "image-proxy-webhook.io/ignore"
 PORTED = "registry.example.com:5000/team/app:v1"  # private, and a port cannot be proxied
 OVERRIDES = [
@@ -177,17 +175,6 @@ async def installed(
         await wait_until_active(admin, app)
         await wait_until_active(admin, extra)
         yield Installed(release, app, extra, other, url, ca_pem, admin)
-
-
-def stored_view(stored: dict[str, Any]) -> dict[str, Any]:
-    annotations = stored["metadata"].get("annotations") or {}
-    return {
-        "images": images_of(stored),
-        "imagePullSecrets": stored["spec"].get("imagePullSecrets"),
-        "original-images": json.loads(annotations[ANNOTATION])
-        if ANNOTATION in annotations
-        else None,
-    }
 
 
 def denied(answer: Answer, webhook: str, *fragments: str) -> None:
