@@ -46,6 +46,10 @@ class Visibility(enum.StrEnum):
     PUBLIC = "public"
     PRIVATE = "private"
     UNKNOWN = "unknown"
+    # The registry itself is on a loopback, link-local or private address, which
+    # the probe does not reach (probe.allowPrivateNetworks): the customer's own
+    # registry, which the vendor's proxy could not reach either.
+    INTERNAL = "internal"
 
 
 class OnProbeFailure(enum.StrEnum):
@@ -250,7 +254,7 @@ def _overrides(section: _Section) -> tuple[Override, ...]:
         if not match:
             raise ConfigError(f"{entry.key('match')}: required")
         visibility = entry.choice("visibility", Visibility, Visibility.UNKNOWN, "public, private")
-        if visibility is Visibility.UNKNOWN:
+        if visibility not in (Visibility.PUBLIC, Visibility.PRIVATE):
             raise ConfigError(f"{entry.key('visibility')}: required, one of public, private")
         entry.done()
         result.append(Override(match, visibility))

@@ -151,6 +151,13 @@ class _Builder:
             return
         if visibility is Visibility.PUBLIC:
             return
+        if visibility is Visibility.INTERNAL:
+            self.warnings.append(
+                f"{label}: its registry is on an internal address, which the webhook does not "
+                "probe and the proxy cannot reach; left unchanged (add a visibility override "
+                "to route it)"
+            )
+            return
         if visibility is Visibility.UNKNOWN:
             failure = s.visibility.on_probe_failure
             if failure is OnProbeFailure.DENY:

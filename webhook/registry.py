@@ -18,7 +18,8 @@ from the realm), 401/403 with the token
                                                         from a 503's Retry-After)
 timeout / DNS / TLS / connection error      unknown     timeout / dns-error /
                                                         tls-error / connection-error
-address refused by netguard                 unknown     blocked-address
+the registry host refused by netguard       internal    blocked-address
+(its redirect or token realm refused)       unknown     blocked-address
 plain-HTTP URL for a host not listed in     unknown     plain-http-refused
 insecureRegistries (redirect or realm)
 anything else: an unparseable or unusable   unknown     bad-response
@@ -440,7 +441,7 @@ class RegistryClient:
         except ValueError:
             return _unknown(INVALID_REFERENCE)
         headers = {"Accept": MANIFEST_ACCEPT}
-        response = await self._request("HEAD", url, headers)
+        response = await self._request("HEAD", url, headers, registry=True)
         if response.status != 401:
             return _classify(response)
         try:
@@ -502,7 +503,13 @@ class RegistryClient:
         return token
 
     async def _request(
-        self, method: str, url: URL, headers: Mapping[str, str], *, read_body: bool = False
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        *,
+        read_body: bool = False,
+        registry: bool = False,
     ) -> _Response:
         """One request, following at most MAX_REDIRECTS redirects by hand.
 
@@ -518,16 +525,23 @@ class RegistryClient:
                 raise _Refused(_unknown(PLAIN_HTTP_REFUSED))
             if url.scheme not in ("http", "https"):
                 raise _Refused(_unknown(BAD_RESPONSE))
-            async with self._session.request(
-                method, url, headers=current, allow_redirects=False
-            ) as response:
-                location = response.headers.get("Location")
-                if response.status in _REDIRECTS and location:
-                    target = url.join(URL(location))
-                    if target.origin() != url.origin():
-                        current.pop("Authorization", None)
-                    url = target
-                    continue
-                body = await _read_capped(response, BODY_CAP) if read_body else b""
-                return _Response(response.status, CIMultiDict(response.headers), body, url)
+            try:
+                async with self._session.request(
+                    method, url, headers=current, allow_redirects=False
+                ) as response:
+                    location = response.headers.get("Location")
+                    if response.status in _REDIRECTS and location:
+                        target = url.join(URL(location))
+                        if target.origin() != url.origin():
+                            current.pop("Authorization", None)
+                        url = target
+                        continue
+                    body = await _read_capped(response, BODY_CAP) if read_body else b""
+                    return _Response(response.status, CIMultiDict(response.headers), body, url)
+            except aiohttp.ClientError as exc:
+                if registry and _hop == 0 and blocked_cause(exc) is not None:
+                    # The registry host itself, not a redirect or token realm it
+                    # named: the customer's own registry, not a failed probe.
+                    raise _Refused(ProbeResult(Visibility.INTERNAL, BLOCKED_ADDRESS)) from exc
+                raise
         raise _Refused(_unknown(BAD_RESPONSE))

@@ -233,7 +233,8 @@ async def test_loopback_registry_is_not_probed_unless_allowed(
     # by IP literal and by a name that resolves to loopback
     for name in (image, image.replace("127.0.0.1", "localhost")):
         client = await make_client()
-        assert await probe(client, name) == ProbeResult(Visibility.UNKNOWN, "blocked-address")
+        # the registry itself is internal: not probed, and left alone by the policy
+        assert await probe(client, name) == ProbeResult(Visibility.INTERNAL, "blocked-address")
     await asyncio.sleep(0.3)
     assert len(local_registry.requests()) == before, "the guard let a request through"
 
@@ -248,7 +249,7 @@ async def test_allow_private_networks_lets_a_loopback_tls_registry_through(
 ) -> None:
     blocked = await make_client(ssl_context=test_ca.client_context())
     assert await probe(blocked, tls_registry.image("team/app")) == ProbeResult(
-        Visibility.UNKNOWN, "blocked-address"
+        Visibility.INTERNAL, "blocked-address"
     )
     allowed = await make_client(allow_private=True, ssl_context=test_ca.client_context())
     assert (await probe(allowed, tls_registry.image("team/app"))).visibility is Visibility.PUBLIC

@@ -456,3 +456,28 @@ def test_malformed_shapes_inside_the_pod_are_skipped() -> None:
     result = apply(mutate(s, review(obj)), obj)
     assert result["spec"]["containers"][4]["image"] == f"{PROXY}/docker.io/acme/app:1"
     assert result["spec"]["imagePullSecrets"] == [{"name": "my-app-registry"}]
+
+
+def test_registry_on_an_internal_address_is_left_alone() -> None:
+    """The customer's own registry: the proxy could not reach it, so nothing is rewritten."""
+    for on_failure in ("proxy", "deny"):
+        s = settings(visibility={"onProbeFailure": on_failure})
+        obj = pod("harbor.corp.example/team/app:1")
+        rv = review(obj)
+        answer = mutate(s, rv, {("harbor.corp.example", "team/app"): Visibility.INTERNAL})
+        assert answer["response"]["allowed"] is True
+        assert patch_of(answer) == []
+        assert answer["response"]["warnings"] == [
+            "container 'c0' image 'harbor.corp.example/team/app:1': its registry is on an "
+            "internal address, which the webhook does not probe and the proxy cannot reach; "
+            "left unchanged (add a visibility override to route it)"
+        ]
+        verdict = mutate(
+            s, rv, {("harbor.corp.example", "team/app"): Visibility.INTERNAL}, "validate"
+        )
+        assert verdict["response"]["allowed"] is True
+
+
+def test_override_visibility_must_be_public_or_private() -> None:
+    with pytest.raises(config.ConfigError, match="visibility: required, one of public, private"):
+        settings(visibility={"overrides": [{"match": "x/*", "visibility": "internal"}]})
