@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.loopback import serve_app
 from webhook.config import Visibility, VisibilitySettings
 from webhook.images import parse
 from webhook.registry import ProbeResult, RegistryClient
@@ -66,13 +67,7 @@ class FakeRegistry:
     async def start(self) -> FakeRegistry:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

@@ -40,6 +40,7 @@ from aiohttp import web
 from kubernetes_asyncio import client as kube_client
 
 from tests.integration.test_probe_faults import HangingRegistry
+from tests.loopback import serve_app
 from tests.reliability.harness import (
     FakeThread,
     ServerProcess,
@@ -199,13 +200,7 @@ class FakeKubeAPI:
         app = web.Application()
         app.router.add_route("*", "/api/v1/namespaces/{namespace}/secrets", self.handle)
         app.router.add_route("*", "/api/v1/namespaces/{namespace}/secrets/{name}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve_app(app, host)
         return self
 
     async def stop(self) -> None:
