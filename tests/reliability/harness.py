@@ -227,8 +227,8 @@ def certificates(directory: Path) -> tls.CertPaths:
     return tls.generate(directory, tls.DEV_NAMES)
 
 
-def write_config(path: Path, certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
-    """A config file for ``serve`` on free loopback ports; returns the data written."""
+def config_data(certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
+    """Config for a webhook on free loopback ports; a mapping in ``overrides`` is merged."""
     data: dict[str, Any] = {
         "appSlug": "my-app",
         "licenseID": "license-for-tests",
@@ -246,6 +246,12 @@ def write_config(path: Path, certs: tls.CertPaths, **overrides: Any) -> dict[str
             data[key] = {**data[key], **value}
         else:
             data[key] = value
+    return data
+
+
+def write_config(path: Path, certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
+    """A config file for ``serve`` on free loopback ports; returns the data written."""
+    data = config_data(certs, **overrides)
     path.write_text(yaml.safe_dump(data))
     return data
 

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.registries import TestCA, free_port
+from tests.integration.registries import TestCA
 from tests.integration.test_probe_faults import (
     ErroringRegistry,
     HangingRegistry,
@@ -46,6 +46,7 @@ from tests.reliability.harness import (
     FakeThread,
     Sock,
     certificates,
+    config_data,
     eventually,
     loopback_host,
     require_root_for_low_ports,
@@ -157,26 +158,17 @@ async def serve(certs: Any) -> AsyncIterator[Any]:
 
     async def start(mode: str, insecure: list[str]) -> Running:
         settings = config.parse(
-            {
-                "appSlug": "my-app",
-                "licenseID": "license-for-tests",
-                "namespaces": ["my-app"],
-                "visibility": {"onProbeFailure": mode, "failureTtlSeconds": 0.05},
-                "probe": {
+            config_data(
+                certs,
+                visibility={"onProbeFailure": mode, "failureTtlSeconds": 0.05},
+                probe={
                     "timeoutSeconds": PROBE_TIMEOUT,
                     "insecureRegistries": insecure,
                     "allowPrivateNetworks": True,
                     "maxConcurrent": MAX_CONCURRENT,
                 },
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": free_port(),
-                    "healthPort": free_port(),
-                    "certFile": str(certs.cert_file),
-                    "keyFile": str(certs.key_file),
-                    "admissionDeadlineSeconds": DEADLINE,
-                },
-            }
+                server={"admissionDeadlineSeconds": DEADLINE},
+            )
         )
         context = service.running(settings, secrets=NoSecrets())
         admitter, _health = await context.__aenter__()
