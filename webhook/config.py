@@ -1,4 +1,4 @@
-"""Settings from the YAML config file (DESIGN.md §4).
+"""Settings from the YAML config file (docs/design.md §4).
 
 Every key is camelCase as in Kubernetes and checked at start: an unknown key, a
 wrong type or a bad value stops the webhook with a message naming the key.

@@ -1,4 +1,4 @@
-"""Which hosts the visibility probe may talk to (DESIGN.md §2).
+"""Which hosts the visibility probe may talk to (docs/design.md §2).
 
 Image references come from anyone who may create a Pod, so without a guard the
 webhook would be a server-side request forgery tool: ``169.254.169.254/x:y``

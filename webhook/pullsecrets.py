@@ -1,4 +1,4 @@
-"""The pull secret in the cluster (DESIGN.md §3), through kubernetes-asyncio.
+"""The pull secret in the cluster (docs/design.md §3), through kubernetes-asyncio.
 
 Before a Pod that needs the secret is admitted, ``ensure`` makes sure the secret
 exists and is current in its namespace. Namespaces already ensured for the current

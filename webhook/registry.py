@@ -1,4 +1,4 @@
-"""The anonymous registry probe (DESIGN.md §2).
+"""The anonymous registry probe (docs/design.md §2).
 
 ``HEAD /v2/<path>/manifests/<reference>`` with the full Accept list, no
 credentials. A ``Bearer`` challenge is followed anonymously (``GET

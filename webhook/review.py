@@ -231,7 +231,7 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
         response = review["response"]
         response["patchType"] = "JSONPatch"
         # A jsonpatch.JsonPatch of operations taken straight from the decision's
-        # pointers (DESIGN.md §5): it checks every operation is well formed, and
+        # pointers (docs/design.md §5): it checks every operation is well formed, and
         # make_patch's whole-object diff stays out of the hot path.
         patch = jsonpatch.JsonPatch(ops)
         response["patch"] = base64.b64encode(orjson.dumps(patch.patch)).decode("ascii")

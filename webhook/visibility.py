@@ -1,4 +1,4 @@
-"""Repository visibility: overrides, then a TTL cache, then one shared probe (DESIGN.md §2).
+"""Repository visibility: overrides, then a TTL cache, then one shared probe (docs/design.md §2).
 
 Visibility is a property of the repository, so the cache key is ``(domain, path)``.
 Public and private results live ``ttlSeconds``, unknown ones

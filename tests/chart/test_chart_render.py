@@ -1,6 +1,6 @@
 """The Helm chart, rendered with real Helm over the values matrix in
 charts/image-proxy-webhook/ci/, checked against the Kubernetes schemas, the
-server's own config parser and the product contract (DESIGN.md, issue 5)."""
+server's own config parser and the product contract (docs/design.md)."""
 
 from __future__ import annotations
 

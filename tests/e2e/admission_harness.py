@@ -340,7 +340,7 @@ def dockerconfig_of(secret: Mapping[str, Any]) -> Any:
 
 
 def expected_dockerconfig(auths: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
-    """DESIGN.md §3 literally: registry → {"auth": b64("user:password")}."""
+    """docs/design.md §3 literally: registry → {"auth": b64("user:password")}."""
     return {
         "auths": {
             registry: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}

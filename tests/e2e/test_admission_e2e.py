@@ -6,7 +6,7 @@ Each test runs the whole service in-process (``service.running``) on a free port
 through the API server with kubernetes-asyncio and reads back what was stored.
 Visibility is decided by probing real registries: an htpasswd one (private) and an
 anonymous one (public), each on port 80 of its own loopback address so that their
-images carry no port and can be proxied (DESIGN.md §1).
+images carry no port and can be proxied (docs/design.md §1).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ AIRGAP_REGISTRY = "registry.local:5000"
 
 
 def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
-    """DESIGN.md §3: the proxy and the vendor registry, both LICENSE_ID:<license>."""
+    """docs/design.md §3: the proxy and the vendor registry, both LICENSE_ID:<license>."""
     return expected_dockerconfig(
         {PROXY: ("LICENSE_ID", license_id), VENDOR: ("LICENSE_ID", license_id)}
     )
@@ -700,7 +700,7 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
         assert answer.status == 201 and answer.warnings == [], answer.body
         assert (await read_pod(api, app, "after"))["spec"]["imagePullSecrets"] == [{"name": SECRET}]
 
-    # The license ID is never logged (DESIGN.md §3), in any form the secret holds.
+    # The license ID is never logged (docs/design.md §3), in any form the secret holds.
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("webhook"))
     # Logged instead: the stale secret replaced at start, then both after the change.
     assert logged.count(f"updated pull secret {SECRET} in ") == 3, logged

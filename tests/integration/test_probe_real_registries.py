@@ -1,4 +1,4 @@
-"""The probe against real CNCF distribution registries on loopback (DESIGN.md §2)."""
+"""The probe against real CNCF distribution registries on loopback (docs/design.md §2)."""
 
 from __future__ import annotations
 

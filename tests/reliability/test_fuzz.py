@@ -632,7 +632,7 @@ def test_valid_objects_stay_valid(
 @example(image="[::1]/a", variant="proxy").via("discovered failure")
 @example(image="gcr.io/" + "a" * 240, variant="direct").via("discovered failure")
 @example(image="b" * 250, variant="airgap").via("discovered failure")
-@example(image="a" * 50_000 + "A", variant="proxy").via("DESIGN.md: ReDoS shape")
+@example(image="a" * 50_000 + "A", variant="proxy").via("docs/design.md §1: ReDoS shape")
 def test_any_image_string(servers: Servers, image: str, variant: str) -> None:
     obj = {
         "apiVersion": "v1",

@@ -1,4 +1,4 @@
-"""The rewrite rules of DESIGN.md §1, through the pure core: parse, decide, respond, apply."""
+"""The rewrite rules of docs/design.md §1, through the pure core: parse, decide, respond, apply."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ Deployment, so every install runs them.
 {{- end }}
 {{- end }}
 
-{{/* The webhook's config file (DESIGN.md §4); only keys webhook/config.py accepts. */}}
+{{/* The webhook's config file (docs/design.md §4); only keys webhook/config.py accepts. */}}
 {{- define "image-proxy-webhook.config" -}}
 {{- $v := .Values }}
 {{- $config := dict
