@@ -326,8 +326,13 @@ def test_text_log_lines_cannot_be_forged() -> None:
     from webhook.logs import TextFormatter
 
     record = logging.LogRecord(
-        "webhook.admission", logging.INFO, __file__, 1, "mutate Pod %s/%s: allowed",
-        ("ns", "web\n2026-01-01 00:00:00 INFO forged: line"), None,
+        "webhook.admission",
+        logging.INFO,
+        __file__,
+        1,
+        "mutate Pod %s/%s: allowed",
+        ("ns", "web\n2026-01-01 00:00:00 INFO forged: line"),
+        None,
     )
     record.fields = {"uid": "u\r\nx"}
     line = TextFormatter().format(record)
