@@ -63,6 +63,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* excludeNamespaces as a JSON list; null (a removed key) fails rather than meaning "none". */}}
+{{- define "image-proxy-webhook.excludeNamespaces" -}}
+{{- if kindIs "invalid" .Values.excludeNamespaces }}
+{{- fail "excludeNamespaces must be a list of namespaces ([] excludes none)" }}
+{{- end }}
+{{- toJson .Values.excludeNamespaces }}
+{{- end }}
+
 {{- define "image-proxy-webhook.allNamespaces" -}}
 {{- if has "*" (include "image-proxy-webhook.namespaces" . | fromJsonArray) }}true{{ end }}
 {{- end }}
@@ -180,7 +188,7 @@ API server sets on every namespace (Kubernetes 1.21+).
 matchExpressions:
   - key: kubernetes.io/metadata.name
     operator: NotIn
-    values: {{ prepend .Values.excludeNamespaces .Release.Namespace | uniq | toJson }}
+    values: {{ prepend (include "image-proxy-webhook.excludeNamespaces" . | fromJsonArray) .Release.Namespace | uniq | toJson }}
 {{- if not (include "image-proxy-webhook.allNamespaces" .) }}
   - key: kubernetes.io/metadata.name
     operator: In
@@ -255,14 +263,11 @@ Deployment, so every install runs them.
 {{- if and (has "*" $namespaces) (gt (len $namespaces) 1) }}
 {{- fail "namespaces: \"*\" already covers every namespace; list it alone" }}
 {{- end }}
-{{- if kindIs "invalid" .Values.excludeNamespaces }}
-{{- fail "excludeNamespaces must be a list of namespaces ([] excludes none)" }}
-{{- end }}
 {{- range $namespaces }}
 {{- if eq . $.Release.Namespace }}
 {{- fail (printf "namespaces: %q is never mutated (the webhook skips its own namespace); install the webhook into a namespace of its own" .) }}
 {{- end }}
-{{- if has . $.Values.excludeNamespaces }}
+{{- if has . (include "image-proxy-webhook.excludeNamespaces" $ | fromJsonArray) }}
 {{- fail (printf "namespaces: %q is also in excludeNamespaces; list it in one of them" .) }}
 {{- end }}
 {{- end }}
@@ -276,7 +281,7 @@ Deployment, so every install runs them.
   "proxyDomain" $v.proxyDomain
   "registryDomain" $v.registryDomain
   "namespaces" (include "image-proxy-webhook.namespaces" . | fromJsonArray)
-  "excludeNamespaces" $v.excludeNamespaces
+  "excludeNamespaces" (include "image-proxy-webhook.excludeNamespaces" . | fromJsonArray)
   "mode" $v.mode
   "visibility" $v.visibility
   "probe" $v.probe
