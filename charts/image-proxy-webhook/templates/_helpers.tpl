@@ -341,9 +341,9 @@ Containers, initContainers, ephemeralContainers and image volumes
 API servers' oldest environment with matchConditions (1.28, which compiles new
 expressions with the 1.27 libraries) accepts it; a field that may be absent is
 read behind has(), and a list that may be null (a nil list of the legacy
-EphemeralContainers object) behind a type check. Every value of the map
-literal is a string (string(), concatenation): the API servers refuse an
-aggregate literal whose values differ in type, dyn included (1.29+).
+EphemeralContainers object) behind a type check. Kubernetes compiles CEL
+with homogeneous aggregate literals, so every value of the map literal is
+typed string (string(), concatenation), none dyn.
 */}}
 {{- define "image-proxy-webhook.celImages" -}}
 {{- $s := .spec }}
