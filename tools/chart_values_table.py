@@ -81,19 +81,21 @@ def _description(lines: list[str], line: int) -> str | None:
     return " ".join(" ".join(words).split())
 
 
+# Checked in this order: a bool is an int to Python.
+_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "bool"),
+    (int, "int"),
+    (float, "float"),
+    (str, "string"),
+    (list, "list"),
+    (dict, "object"),
+)
+
+
 def _type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
+    for kind, name in _TYPES:
+        if isinstance(value, kind):
+            return name
     return "string"  # null without a (type) in its description, as helm-docs
 
 

@@ -56,12 +56,18 @@ def expiry_of(paths: tls.CertPaths) -> float:
     return cert.not_valid_after_utc.timestamp()
 
 
-def test_certificate_expiry_follows_the_loaded_certificate(tmp_path: Path) -> None:
-    ca = tls.CertificateAuthority()
-    paths = write_pair(tmp_path, ca, days=5)
+def served(paths: tls.CertPaths) -> tuple[tls.CertificateReloader, Metrics]:
+    """The reloader serving ``paths`` and the metrics tracking it, as the service wires them."""
     reloader = tls.CertificateReloader(tls.server_context(paths), paths)
     metrics = Metrics()
     metrics.track_certificate_expiry(lambda: reloader.not_after)
+    return reloader, metrics
+
+
+def test_certificate_expiry_follows_the_loaded_certificate(tmp_path: Path) -> None:
+    ca = tls.CertificateAuthority()
+    paths = write_pair(tmp_path, ca, days=5)
+    reloader, metrics = served(paths)
     first = sample(metrics, EXPIRY)
     assert first == expiry_of(paths)
     now = datetime.datetime.now(datetime.UTC).timestamp()
@@ -76,16 +82,13 @@ def test_certificate_expiry_follows_the_loaded_certificate(tmp_path: Path) -> No
 
 def test_a_certificate_that_cannot_be_loaded_keeps_the_served_expiry(tmp_path: Path) -> None:
     ca = tls.CertificateAuthority()
-    paths = write_pair(tmp_path, ca, days=30)
-    reloader = tls.CertificateReloader(tls.server_context(paths), paths)
-    metrics = Metrics()
-    metrics.track_certificate_expiry(lambda: reloader.not_after)
-    served = sample(metrics, EXPIRY)
+    reloader, metrics = served(write_pair(tmp_path, ca, days=30))
+    before = sample(metrics, EXPIRY)
     # a new certificate whose key has not been written yet: not served, not reported
     cert, _ = ca.issue(tls.DEV_NAMES, days=365)
-    paths.cert_file.write_bytes(cert)
+    reloader.paths.cert_file.write_bytes(cert)
     assert reloader.check() is False
-    assert sample(metrics, EXPIRY) == served
+    assert sample(metrics, EXPIRY) == before
 
 
 class BrokenResolver:
