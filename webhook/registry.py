@@ -554,11 +554,16 @@ class RegistryClient:
             if url.scheme not in ("http", "https"):
                 raise _Refused(_unknown(BAD_RESPONSE))
             proxy = self._egress.proxy_for(url)
+            sent = current
+            if proxy is not None and url.scheme == "http":
+                # aiohttp puts proxy_headers on a CONNECT only; a plain-HTTP request
+                # goes to the proxy itself, so its credentials go in the request
+                sent = current | dict(proxy.headers)
             try:
                 async with self._session.request(
                     method,
                     url,
-                    headers=current,
+                    headers=sent,
                     allow_redirects=False,
                     proxy=None if proxy is None else proxy.url,
                     proxy_headers=None if proxy is None else proxy.headers,
