@@ -12,11 +12,13 @@ import base64
 import os
 import shutil
 import subprocess
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from yarl import URL
 
+from webhook.__main__ import EXIT_USAGE, main
 from webhook.config import ConfigError
 from webhook.egress import Egress, NoProxy
 
@@ -214,3 +216,18 @@ def test_from_environ_reads_the_process_environment(monkeypatch: pytest.MonkeyPa
 def test_no_proxy_matches_ignore_case() -> None:
     assert NoProxy.parse("Registry.Corp").matches("REGISTRY.corp", 443)
     assert not NoProxy().matches("quay.io", 443)
+
+
+def test_the_cli_refuses_a_bad_proxy_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("appSlug: my-app\nlicenseID: test-license\n")
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:secret@proxy.corp:1080")
+    out, err = StringIO(), StringIO()
+    assert main(["probe", "--config", str(config), "quay.io/x/y:1"], out, err) == EXIT_USAGE
+    assert err.getvalue() == (
+        "error: HTTPS_PROXY: proxy scheme 'socks5' is not supported (use http:// or https://)\n"
+    )
+    assert out.getvalue() == ""
