@@ -152,7 +152,10 @@ def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
 def _aton_value(part: str) -> int:
     if part[:2].lower() == "0x":
         return int(part[2:], 16)
-    return int(part, 8 if part.startswith("0") else 10)
+    if part.startswith("0"):
+        return int(part, 8)
+    # eleven decimal digits are already too many; int() refuses 4,300 outright
+    return int(part) if len(part) <= 10 else 1 << 32
 
 
 def parse_address(text: str) -> IPAddress | None:
