@@ -65,8 +65,8 @@ class Proxy:
     @property
     def endpoint(self) -> tuple[str, int]:
         """(host, port) the webhook connects to when it uses this proxy."""
-        assert self.url.host is not None and self.url.port is not None
-        return self.url.host, self.url.port
+        assert self.url.raw_host is not None and self.url.port is not None
+        return self.url.raw_host, self.url.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +212,9 @@ class Egress:
     def proxy_for(self, url: URL) -> Proxy | None:
         """The proxy to send a request for ``url`` through, or None to connect directly."""
         proxy = self.https_proxy if url.scheme == "https" else self.http_proxy
-        if proxy is None or url.host is None or url.port is None:
+        if proxy is None or url.raw_host is None or url.port is None:
             return None
-        return None if self.no_proxy.matches(url.host, url.port) else proxy
+        return None if self.no_proxy.matches(url.raw_host, url.port) else proxy
 
     def describe(self) -> str:
         """One line for the start-up log; never the credentials."""

@@ -377,7 +377,9 @@ class GuardMiddleware:
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = request.url
-        await self.guard.check_target(url.host or "", url.port, proxied=request.proxy is not None)
+        await self.guard.check_target(
+            url.raw_host or "", url.port, proxied=request.proxy is not None
+        )
         return await handler(request)
 
 
