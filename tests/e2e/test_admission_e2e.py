@@ -64,9 +64,9 @@ AIRGAP_REGISTRY = "registry.local:5000"
 
 
 def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
-    """docs/design.md §3: the proxy and the vendor registry, both LICENSE_ID:<license>."""
+    """docs/design.md §3: the proxy and the vendor registry, both <license>:<license>."""
     return expected_dockerconfig(
-        {PROXY: ("LICENSE_ID", license_id), VENDOR: ("LICENSE_ID", license_id)}
+        {PROXY: (license_id, license_id), VENDOR: (license_id, license_id)}
     )
 
 
@@ -705,7 +705,7 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
     # Logged instead: the stale secret replaced at start, then both after the change.
     assert logged.count(f"updated pull secret {SECRET} in ") == 3, logged
     for license_id in ("license-one", "license-two"):
-        auth = _b64(f"LICENSE_ID:{license_id}".encode())
+        auth = _b64(f"{license_id}:{license_id}".encode())
         assert license_id not in logged and auth not in logged
 
 

@@ -259,7 +259,7 @@ async def test_pod_in_a_covered_namespace_is_rewritten_and_gets_the_pull_secret(
         secret = (await read_secret(admin, ns, SECRET)).ok()
         assert secret["type"] == "kubernetes.io/dockerconfigjson"
         assert dockerconfig_of(secret) == expected_dockerconfig(
-            {PROXY: ("LICENSE_ID", LICENSE), "registry.replicated.com": ("LICENSE_ID", LICENSE)}
+            {PROXY: (LICENSE, LICENSE), "registry.replicated.com": (LICENSE, LICENSE)}
         )
 
 
