@@ -205,7 +205,16 @@ INVALID = [
         "nginx:" + "t" * 129,
         "tag '" + "t" * 129 + "' must be 1-128 of letters, digits, '_', '.', '-'",
     ),
-    ("nginx@sha256:abc", "digest 'sha256:abc' is not algorithm:hex"),
+    ("nginx@sha256:abc", "a sha256 digest has 64 hex characters, got 3"),
+    ("nginx@sha256:xyz", "digest 'sha256:xyz' is not algorithm:hex"),
+    ("nginx@md5:" + "a" * 32, "digest algorithm 'md5' is not supported (sha256, sha384, sha512)"),
+    ("nginx@sha256:" + "A" * 64, "the sha256 digest must be lower-case hex"),
+    ("nginx@sha512:" + "a" * 64, "a sha512 digest has 128 hex characters, got 64"),
+    ("nginx@1sha:" + "a" * 64, f"digest '1sha:{'a' * 64}' is not algorithm:hex"),
+    ("a" * 64, "a 64-character hexadecimal name is an image ID"),
+    ("[abcd]/foo", f"path component '[abcd]' {COMPONENT_RULE}"),
+    ("LOCALDOMAIN/Debian", "repository name 'Debian' must be lower case"),
+    ("foo_bar.com/app", "registry host 'foo_bar.com' is not valid"),
     ("nginx@sha256:" + "a" * 63, "a sha256 digest has 64 hex characters, got 63"),
     ("nginx@" + D[7:], f"digest '{D[7:]}' is not algorithm:hex"),
     (
@@ -223,7 +232,9 @@ INVALID = [
     ("bad_host.io:x/app", "registry host 'bad_host.io:x' is not valid"),
     ("-host.io/app", "registry host '-host.io' is not valid"),
     (":tag", "no repository name"),
-    ("a/" * 130 + "b", "name longer than 255 characters"),
+    ("a/" * 130 + "b", "repository path longer than 255 characters"),
+    # The limit counts the normalised path: library/ makes 8 more.
+    ("a" * 250, "repository path longer than 255 characters"),
 ]
 
 
