@@ -9,9 +9,9 @@ kubelet and containerd use), with the deliberate differences of docs/design.md Â
     digest     := "sha256:" 64 hex | "sha384:" 96 hex | "sha512:" 128 hex  (lower case)
 
 Image strings come from anyone who may create a Pod, so nothing here backtracks:
-the reference is cut at its separators with ``str`` methods, and the only
-repetition matched by a regex (a path component) is separated by characters the
-repeated part cannot contain, so the engine never has two ways to split the text.
+the reference is cut at its separators with ``str`` methods, and in every regex
+each repetition is separated by characters the repeated part cannot contain, so
+the engine never has two ways to split the text.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ TAG_MAX = 128
 DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 CACHE_SIZE = 4096
 
+_SPACE = re.compile(r"\s")
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_LABEL = re.compile(r"[A-Za-z0-9-]+")
+# Labels of letters and digits, "-" only inside: runs of each alternate, so there
+# is one way to split any text.
+_LABEL = r"[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*"
+_DOMAIN_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _IPV6 = re.compile(r"[0-9A-Fa-f:]+")
 _DIGITS = re.compile(r"[0-9]+")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -113,7 +117,7 @@ def _cached_parse(image: str) -> ImageRef:
 def _parse(image: str) -> ImageRef:
     if not image:
         raise InvalidImageError(image, "empty")
-    if any(c.isspace() for c in image):
+    if _SPACE.search(image):
         raise InvalidImageError(image, "contains whitespace")
     if _IDENTIFIER.fullmatch(image):
         raise InvalidImageError(image, "a 64-character hexadecimal name is an image ID")
@@ -168,10 +172,7 @@ def _valid_host(host: str) -> bool:
     else:
         address = host.partition(":")[0]
         port = host[len(address) :]
-        if not all(
-            _LABEL.fullmatch(label) and label[0] != "-" and label[-1] != "-"
-            for label in address.split(".")
-        ):
+        if not _DOMAIN_NAME.fullmatch(address):
             return False
     return not port or (port[0] == ":" and _DIGITS.fullmatch(port, 1) is not None)
 

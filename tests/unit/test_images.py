@@ -304,6 +304,12 @@ def test_airgap_empty_namespace() -> None:
         "a" * 5000 + "!",
         "a" * 100_000,
         "h" * 60 + "." + "a" * 60 + ":" + "1" * 60 + "/x",
+        # ... and in a host: runs of label characters and hyphens, then one that fails.
+        "a-" * 50_000 + ".io/x",
+        "a" * 50_000 + "-.io/x",
+        ("a." * 50_000) + "-/x",
+        "[" + ":" * 100_000 + "/x",
+        "x.io/app@sha256+" + "a+" * 50_000 + ":" + "a" * 64,
     ],
 )
 def test_adversarial_inputs_are_rejected_or_parsed(image: str) -> None:
