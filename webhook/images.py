@@ -22,9 +22,8 @@ from functools import lru_cache
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-NAME_MAX = (
-    255  # the normalised path, library/ included (distribution's RepositoryNameTotalLengthMax)
-)
+# The normalised path, library/ included (distribution's RepositoryNameTotalLengthMax).
+NAME_MAX = 255
 TAG_MAX = 128
 # go-digest's registered algorithms and their hex lengths; any other is refused.
 DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
@@ -130,7 +129,7 @@ def _parse(image: str) -> ImageRef:
         name, tag = name[:colon], name[colon + 1 :]
         if len(tag) > TAG_MAX or not _TAG.fullmatch(tag):
             raise InvalidImageError(
-                image, f"tag {tag!r} must be 1-{TAG_MAX} of letters, digits, '_', '.', '-'"
+                image, f"tag {_shown(tag)!r} must be 1-{TAG_MAX} of letters, digits, '_', '.', '-'"
             )
     if not name:
         raise InvalidImageError(image, "no repository name")
@@ -152,7 +151,7 @@ def _split_domain(image: str, name: str) -> tuple[str, str]:
     first, slash, rest = name.partition("/")
     if slash and (first == "localhost" or "." in first or ":" in first or first.lower() != first):
         if not _valid_host(first):
-            raise InvalidImageError(image, f"registry host {first!r} is not valid")
+            raise InvalidImageError(image, f"registry host {_shown(first)!r} is not valid")
         domain, path = _normal_host(first), rest
     else:
         domain, path = DOCKER_HUB, name
@@ -192,12 +191,13 @@ def _normal_host(host: str) -> str:
 def _check_digest(image: str, digest: str) -> None:
     algorithm, colon, hex_part = digest.partition(":")
     if not colon or not _ALGORITHM.fullmatch(algorithm) or not _HEX.fullmatch(hex_part):
-        raise InvalidImageError(image, f"digest {digest!r} is not algorithm:hex")
+        raise InvalidImageError(image, f"digest {_shown(digest)!r} is not algorithm:hex")
     expected = DIGEST_HEX_LENGTHS.get(algorithm)
     if expected is None:
-        shown = algorithm if len(algorithm) <= 20 else algorithm[:17] + "..."
         supported = ", ".join(DIGEST_HEX_LENGTHS)
-        raise InvalidImageError(image, f"digest algorithm {shown!r} is not supported ({supported})")
+        raise InvalidImageError(
+            image, f"digest algorithm {_shown(algorithm)!r} is not supported ({supported})"
+        )
     if len(hex_part) != expected:
         raise InvalidImageError(
             image, f"a {algorithm} digest has {expected} hex characters, got {len(hex_part)}"
@@ -206,13 +206,18 @@ def _check_digest(image: str, digest: str) -> None:
         raise InvalidImageError(image, f"the {algorithm} digest must be lower-case hex")
 
 
+def _shown(text: str) -> str:
+    """A part of the reference as a problem names it: short, whatever the client sent."""
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _component_problem(component: str) -> str:
     if not component:
         return "empty path component (double or trailing slash)"
     if component.lower() != component:
-        return f"repository name {component!r} must be lower case"
+        return f"repository name {_shown(component)!r} must be lower case"
     return (
-        f"path component {component!r} must be lower-case letters and digits, "
+        f"path component {_shown(component)!r} must be lower-case letters and digits, "
         "separated by '.', '_', '__' or '-'"
     )
 

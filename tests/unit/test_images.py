@@ -203,7 +203,7 @@ INVALID = [
     ("nginx:-bad", "tag '-bad' must be 1-128 of letters, digits, '_', '.', '-'"),
     (
         "nginx:" + "t" * 129,
-        "tag '" + "t" * 129 + "' must be 1-128 of letters, digits, '_', '.', '-'",
+        "tag '" + "t" * 77 + "...' must be 1-128 of letters, digits, '_', '.', '-'",
     ),
     ("nginx@sha256:abc", "a sha256 digest has 64 hex characters, got 3"),
     ("nginx@sha256:xyz", "digest 'sha256:xyz' is not algorithm:hex"),
@@ -320,3 +320,22 @@ def test_adversarial_inputs_are_rejected_or_parsed(image: str) -> None:
         assert exc.image == image
     else:
         assert ref.original == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "x.io/app:" + "t" * 100_000,
+        "x.io/" + "A" * 100_000,
+        "x.io/" + "a" * 100_000 + "_",
+        "bad_" + "h" * 100_000 + ".io/app",
+        "x.io/app@sha256:" + "g" * 100_000,
+        "x.io/app@" + "sha" * 100_000 + ":" + "a" * 64,
+    ],
+)
+def test_the_problem_stays_short_whatever_the_reference(image: str) -> None:
+    # It goes into warnings and log lines: the part of a huge reference it names is cut.
+    with pytest.raises(InvalidImageError) as caught:
+        images.parse(image)
+    assert len(caught.value.problem) < 200
+    assert len(str(caught.value)) < 350
