@@ -37,6 +37,7 @@ from tests.e2e.admission_harness import (
     expected_dockerconfig,
     images_of,
     kubelet_credentials,
+    license_dockerconfig,
     mutating_webhook,
     namespaces,
     pod,
@@ -71,10 +72,8 @@ AIRGAP_REGISTRY = "registry.local:5000"
 
 
 def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
-    """docs/design.md §3: the proxy and the vendor registry, both <license>:<license>."""
-    return expected_dockerconfig(
-        {PROXY: (license_id, license_id), VENDOR: (license_id, license_id)}
-    )
+    """docs/design.md §3: the proxy and the vendor registry."""
+    return license_dockerconfig(license_id, PROXY, VENDOR)
 
 
 # --- fixtures --------------------------------------------------------------------
