@@ -111,6 +111,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfManagedTLSSettings:
+    """The webhook keeps its own CA and serving certificate (chart tls.mode selfManaged).
+
+    They live in the Secret ``secret_name`` of the webhook's namespace; the CA goes into
+    the caBundle of the named webhook configurations ("" for one the chart does not
+    render). The serving certificate is written to server.certFile/keyFile.
+    """
+
+    secret_name: str
+    dns_names: tuple[str, ...]
+    mutating_webhook_configuration: str = ""
+    validating_webhook_configuration: str = ""
+    ca_validity_days: float = 3650.0
+    cert_validity_days: float = 365.0
+    check_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     app_slug: str
     license_id: str = ""
@@ -125,6 +143,7 @@ class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     mutate_workloads: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
+    self_managed_tls: SelfManagedTLSSettings | None = None
 
     @property
     def secret_name(self) -> str:
@@ -261,6 +280,45 @@ def _overrides(section: _Section) -> tuple[Override, ...]:
     return tuple(result)
 
 
+def _self_managed_tls(section: _Section, server: ServerSettings) -> SelfManagedTLSSettings | None:
+    """The ``selfManagedTLS`` section; absent or empty: certificates come from files."""
+    if not section.data:
+        return None
+    secret_name = section.get("secretName", str, "")
+    if not _DNS_SUBDOMAIN.fullmatch(secret_name):
+        raise ConfigError(f"{section.key('secretName')}: required, a Secret name")
+    dns_names = section.strings("dnsNames")
+    if not dns_names:
+        raise ConfigError(f"{section.key('dnsNames')}: required, the names the API server calls")
+    configurations = {}
+    for key in ("mutatingWebhookConfiguration", "validatingWebhookConfiguration"):
+        name = section.get(key, str, "")
+        if name and not _DNS_SUBDOMAIN.fullmatch(name):
+            raise ConfigError(f"{section.key(key)}: {name!r} is not an object name")
+        configurations[key] = name
+    settings = SelfManagedTLSSettings(
+        secret_name=secret_name,
+        dns_names=dns_names,
+        mutating_webhook_configuration=configurations["mutatingWebhookConfiguration"],
+        validating_webhook_configuration=configurations["validatingWebhookConfiguration"],
+        ca_validity_days=_positive(section, "caValidityDays", 3650.0),
+        cert_validity_days=_positive(section, "certValidityDays", 365.0),
+        check_interval_seconds=_positive(section, "checkIntervalSeconds", 60.0),
+    )
+    section.done()
+    if settings.cert_validity_days > settings.ca_validity_days:
+        raise ConfigError(
+            f"{section.key('certValidityDays')}: must not exceed caValidityDays "
+            f"({settings.ca_validity_days:g})"
+        )
+    if not (server.cert_file and server.key_file):
+        raise ConfigError(
+            "server.certFile and server.keyFile: required with selfManagedTLS "
+            "(the webhook writes its serving certificate there)"
+        )
+    return settings
+
+
 def parse(data: object) -> Settings:
     """Build Settings from the parsed YAML document; raise ConfigError on any bad value."""
     root = _Section(data, "")
@@ -344,6 +402,8 @@ def parse(data: object) -> Settings:
             f"(at most 30), got {server.admission_deadline_seconds}"
         )
 
+    self_managed_tls = _self_managed_tls(root.section("selfManagedTLS"), server)
+
     settings = Settings(
         app_slug=slug,
         license_id=license_id,
@@ -360,6 +420,7 @@ def parse(data: object) -> Settings:
         probe=probe,
         mutate_workloads=root.get("mutateWorkloads", bool, False),
         server=server,
+        self_managed_tls=self_managed_tls,
     )
     root.done()
     return settings
