@@ -90,6 +90,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "image-proxy-webhook.tlsSecretName" -}}
 {{- if eq .Values.tls.mode "existingSecret" }}
 {{- .Values.tls.existingSecret }}
+{{- else if eq .Values.tls.mode "selfManaged" }}
+{{- printf "%s-certs" (include "image-proxy-webhook.fullname" .) }}
 {{- else }}
 {{- printf "%s-tls" (include "image-proxy-webhook.fullname" .) }}
 {{- end }}
@@ -104,6 +106,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $svc := include "image-proxy-webhook.fullname" . }}
 {{- $ns := .Release.Namespace }}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/* tls.mode selfManaged: the names of the webhook's certificate, plus webhook.url's host. */}}
+{{- define "image-proxy-webhook.selfManagedNames" -}}
+{{- $names := include "image-proxy-webhook.dnsNames" . | fromJsonArray }}
+{{- with .Values.webhook.url }}
+{{- $names = append $names (urlParse .).hostname }}
+{{- end }}
+{{- toJson $names }}
 {{- end }}
 
 {{/*
@@ -136,9 +147,13 @@ configurations (separate templates) agree.
 {{- toJson $cache }}
 {{- end }}
 
-{{/* The caBundle for clientConfig (base64 of PEM), or "" when cert-manager injects it. */}}
+{{/*
+The caBundle for clientConfig (base64 of PEM), or "" when cert-manager or, with
+tls.mode selfManaged, the webhook itself sets it.
+*/}}
 {{- define "image-proxy-webhook.caBundle" -}}
-{{- if or .Values.webhook.url (eq .Values.tls.mode "existingSecret") }}
+{{- if eq .Values.tls.mode "selfManaged" }}
+{{- else if or .Values.webhook.url (eq .Values.tls.mode "existingSecret") }}
 {{- $ca := .Values.tls.caBundle | trim }}
 {{- if hasPrefix "-----BEGIN" $ca }}{{ b64enc $ca }}{{ else }}{{ $ca }}{{ end }}
 {{- else if eq .Values.tls.mode "helm" }}
@@ -252,6 +267,9 @@ Deployment, so every install runs them.
 {{- fail "tls.caBundle is required when tls.mode is existingSecret (the CA the API server trusts for the webhook)" }}
 {{- end }}
 {{- $namespaces := include "image-proxy-webhook.namespaces" . | fromJsonArray }}
+{{- if and .Values.createNamespaces (has "*" $namespaces) }}
+{{- fail "createNamespaces: namespaces is [\"*\"]; list the namespaces to create" }}
+{{- end }}
 {{- if and (has "*" $namespaces) (gt (len $namespaces) 1) }}
 {{- fail "namespaces: \"*\" already covers every namespace; list it alone" }}
 {{- end }}
@@ -297,6 +315,18 @@ Deployment, so every install runs them.
   "admissionDeadlineSeconds" $v.server.admissionDeadlineSeconds
   "shutdownTimeoutSeconds" $v.server.shutdownTimeoutSeconds
 ) }}
+{{- if eq $v.tls.mode "selfManaged" }}
+{{- $fullname := include "image-proxy-webhook.fullname" . }}
+{{- $_ := set $config "selfManagedTLS" (dict
+  "secretName" (include "image-proxy-webhook.tlsSecretName" .)
+  "dnsNames" (include "image-proxy-webhook.selfManagedNames" . | fromJsonArray)
+  "mutatingWebhookConfiguration" $fullname
+  "validatingWebhookConfiguration" (ternary $fullname "" $v.validatingWebhook.enabled)
+  "caValidityDays" $v.tls.selfManaged.caValidityDays
+  "certValidityDays" $v.tls.selfManaged.certValidityDays
+  "checkIntervalSeconds" $v.tls.selfManaged.checkIntervalSeconds
+) }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
