@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from webhook import config as server_config
+from webhook.__main__ import _parser as cli_parser
 
 pytestmark = pytest.mark.chart
 
@@ -241,7 +242,9 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
 
     # The config file is what the container reads, and each file it names is mounted.
     args = container(case)["args"]
-    assert args == ["serve", "--config", CONFIG_PATH, "--log-format", v["server"]["logFormat"]]
+    assert args == ["--log-format", v["server"]["logFormat"], "serve", "--config", CONFIG_PATH]
+    parsed = cli_parser().parse_args(args)  # the server's own command line accepts them
+    assert (parsed.command, parsed.config) == ("serve", CONFIG_PATH)
     assert container(case)["command"] == ["image-proxy-webhook"]
     volume, key = mounted_file(case, CONFIG_PATH)
     assert volume["configMap"]["name"] == case.one("ConfigMap")["metadata"]["name"]

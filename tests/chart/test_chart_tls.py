@@ -63,9 +63,7 @@ def test_helm_mode_is_not_stable_under_template(chart: Any) -> None:
 
 
 @pytest.mark.parametrize("validating", [False, True])
-def test_config_names_the_secret_and_the_configurations(
-    render: RenderFn, validating: bool
-) -> None:
+def test_config_names_the_secret_and_the_configurations(render: RenderFn, validating: bool) -> None:
     rendered = render(VALIDATING if validating else BASE)
     tls = settings_of(rendered)
     assert tls.secret_name == f"{FULLNAME}-certs"
@@ -76,8 +74,9 @@ def test_config_names_the_secret_and_the_configurations(
         f"{service}.{NAMESPACE}.svc",
         f"{service}.{NAMESPACE}.svc.cluster.local",
     )
-    assert tls.mutating_webhook_configuration == (
-        rendered.one("MutatingWebhookConfiguration")["metadata"]["name"]
+    assert (
+        tls.mutating_webhook_configuration
+        == (rendered.one("MutatingWebhookConfiguration")["metadata"]["name"])
     )
     validating_docs = rendered.all("ValidatingWebhookConfiguration")
     assert tls.validating_webhook_configuration == (

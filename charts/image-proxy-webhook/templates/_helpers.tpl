@@ -273,6 +273,19 @@ Deployment, so every install runs them.
 {{- if and (has "*" $namespaces) (gt (len $namespaces) 1) }}
 {{- fail "namespaces: \"*\" already covers every namespace; list it alone" }}
 {{- end }}
+{{- /*
+At install and upgrade each covered namespace must exist or be created by the
+chart: a Role in a missing namespace would fail the release halfway, after its
+webhook configurations were applied. Checked only when lookup reaches a cluster
+(it finds kube-system); under `helm template` it finds nothing.
+*/}}
+{{- if and (not .Values.createNamespaces) (not (has "*" $namespaces)) (lookup "v1" "Namespace" "" "kube-system") }}
+{{- range $namespaces }}
+{{- if not (lookup "v1" "Namespace" "" .) }}
+{{- fail (printf "namespace %q does not exist: create it first, or set createNamespaces=true to let the chart create it" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $namespaces }}
 {{- if or (eq . $.Release.Namespace) (eq . "kube-system") }}
 {{- fail (printf "namespaces: %q is never mutated (the webhook skips its own namespace and kube-system); install the webhook into a namespace of its own" .) }}
