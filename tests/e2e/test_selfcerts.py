@@ -60,6 +60,7 @@ from tests.e2e.chart_release import (
     service_account_token,
 )
 from tests.e2e.kubeapi import KubeAPIServer, free_port
+from webhook import config, selfcerts, tls
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.asyncio(loop_scope="module")]
@@ -500,3 +501,58 @@ async def test_gitops_sync_keeps_the_webhook_working(
 
 def _version(stored: dict[str, Any]) -> dict[str, str]:
     return {"resourceVersion": stored["metadata"]["resourceVersion"]}
+
+
+class RacingReplica(selfcerts.SelfManagedTLS):
+    """The real code against the real API server, held after its first read of the
+    Secret until every replica has read it: all of them find no Secret and create one
+    at the same moment, which is what replicas started together do."""
+
+    def __init__(self, *args: Any, barrier: asyncio.Barrier) -> None:
+        super().__init__(*args)
+        self.barrier = barrier
+        self.creates: list[int] = []
+        self._held = False
+
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        status, answer = await super()._call(method, path, body)
+        if method == "POST":
+            self.creates.append(status)
+        if method == "GET" and path == self._secret_path and not self._held:
+            self._held = True
+            await self.barrier.wait()
+        return status, answer
+
+
+async def test_replicas_racing_on_the_create_agree(
+    kube_apiserver: KubeAPIServer, tmp_path: Path
+) -> None:
+    async with deployed(kube_apiserver, tmp_path) as state:
+        settings = config.parse(state.webhook.config).self_managed_tls
+        assert settings is not None
+        barrier = asyncio.Barrier(3)
+        replicas = [
+            RacingReplica(
+                state.admin,
+                settings,
+                state.system,
+                tls.CertPaths(tmp_path / f"r{i}" / "tls.crt", tmp_path / f"r{i}" / "tls.key"),
+                barrier=barrier,
+            )
+            for i in range(3)
+        ]
+        await asyncio.gather(*(r.sync() for r in replicas))
+
+        # One create won; the others met 409 and took the winner's Secret.
+        assert sorted(s for r in replicas for s in r.creates) == [201, 409, 409]
+        materials = {r.material for r in replicas}
+        assert len(materials) == 1
+        [material] = materials
+        assert material is not None
+        stored = selfcerts.Material.from_secret_data((await state.secret())["data"])
+        assert stored == material
+        for i in range(3):
+            assert (tmp_path / f"r{i}" / "tls.crt").read_bytes() == material.cert
+        assert await state.ca_bundles() == [material.ca_bundle_b64] * 2
