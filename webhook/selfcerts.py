@@ -50,6 +50,7 @@ API_TIMEOUT_SECONDS = 10.0
 # Attempts at a write that keeps meeting another replica's write (409).
 CONFLICT_ATTEMPTS = 5
 START_ATTEMPTS = 5
+RETRY_SECONDS = 10.0
 SECRET_KEYS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1"
 
@@ -388,10 +389,13 @@ class SelfManagedTLS:
             await asyncio.sleep(max(wait, 1.0))
             try:
                 await self.sync(reload)
+                continue
             except (SelfManagedTLSError, aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("self-managed TLS check failed, retrying: %s", exc)
             except Exception:
                 log.exception("self-managed TLS check failed unexpectedly, retrying")
+            # Past the renewal time the next check is due at once: pace the retries.
+            await asyncio.sleep(min(self.settings.check_interval_seconds, RETRY_SECONDS))
 
     def follow(self, reload: Callable[[], object]) -> None:
         """Run the checks in the background; ``reload`` loads a renewed pair."""

@@ -556,3 +556,39 @@ async def test_replicas_racing_on_the_create_agree(
         for i in range(3):
             assert (tmp_path / f"r{i}" / "tls.crt").read_bytes() == material.cert
         assert await state.ca_bundles() == [material.ca_bundle_b64] * 2
+
+
+async def test_not_ready_until_a_certificate_is_served(
+    kube_apiserver: KubeAPIServer, tmp_path: Path
+) -> None:
+    """Run as a ServiceAccount without the chart's RBAC, the webhook cannot read or
+    create its certificate: it never reports ready, retries, then exits with an error
+    that says why."""
+    async with deployed(kube_apiserver, tmp_path) as state:
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}}
+        path = f"/api/v1/namespaces/{state.system}/serviceaccounts"
+        (await call(state.admin, "POST", path, account)).ok()
+        token = await service_account_token(kube_apiserver, state.system, "nobody")
+        env = {
+            **state.webhook.env,
+            "KUBECONFIG": str(kubeconfig_for(kube_apiserver, token, tmp_path / "nobody")),
+        }
+        webhook = WebhookProcess(state.webhook.config, state.webhook.args, tmp_path, env, "nobody")
+        state.processes.append(webhook)
+        webhook.start()
+        assert webhook.process is not None
+        ready: list[int] = []
+        url = f"http://127.0.0.1:{webhook.health_port}/readyz"
+        deadline = time.monotonic() + WEBHOOK_PROCESS_START_SECONDS
+        async with aiohttp.ClientSession() as session:
+            while webhook.process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url) as response:
+                        ready.append(response.status)
+                await asyncio.sleep(0.2)
+        assert webhook.process.returncode == 1, webhook.log_text()
+        assert 200 not in ready
+        log = webhook.log_text()
+        assert "error: no serving certificate: cannot read Secret" in log, log
+        assert "HTTP 403" in log, log
+        assert (await read_secret(state.admin, state.system, state.secret_name)).status == 404
