@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -59,7 +60,7 @@ from tests.e2e.chart_release import (
     require_helm,
     service_account_token,
 )
-from tests.e2e.kubeapi import KubeAPIServer, free_port
+from tests.e2e.kubeapi import KUBE_VERSION, KubeAPIServer, free_port
 from webhook import config, selfcerts, tls
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 
@@ -89,10 +90,18 @@ WEBHOOK_PROCESS_START_SECONDS = 60.0
 
 
 def rendered(values: dict[str, Any], release: str, release_namespace: str) -> dict[str, str]:
-    """`helm template`: template path → text; no cluster is contacted."""
+    """`helm template --kube-version`, the API server's version, as Argo CD passes it:
+    template path → text; no cluster is contacted. (helm-python-sdk's Chart.render has
+    no kube version; the library call under it takes one.)"""
     helm = require_helm()
+    from helm_python import _native
+
+    options = {"name": release, "namespace": release_namespace, "kube_version": KUBE_VERSION}
     with helm.Chart.load(CHART) as chart:
-        manifests: dict[str, str] = chart.render(values, name=release, namespace=release_namespace)
+        raw = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(values), json.dumps(options)
+        )
+    manifests: dict[str, str] = json.loads(raw)
     return manifests
 
 
@@ -260,10 +269,8 @@ def values_for(app: str, port: int, health_port: int, **tls: Any) -> dict[str, A
         "webhook": {"url": f"https://127.0.0.1:{port}", "failurePolicy": "Fail"},
         "validatingWebhook": {"enabled": True},
         "tls": {"mode": "selfManaged", "selfManaged": tls},
-        # helm template assumes policy/v1 and Kubernetes 1.30+ (a preStop sleep):
-        # this API server is 1.20.
+        # helm template assumes the policy/v1 API, which 1.20 does not serve.
         "podDisruptionBudget": {"enabled": False},
-        "preStopSleepSeconds": 0,
     }
 
 
