@@ -287,28 +287,26 @@ def _self_managed_tls(section: _Section, server: ServerSettings) -> SelfManagedT
     """The ``selfManagedTLS`` section; absent or empty: certificates come from files."""
     if not section.data:
         return None
-    secret_name = section.get("secretName", str, "")
-    if not _DNS_SUBDOMAIN.fullmatch(secret_name):
-        raise ConfigError(f"{section.key('secretName')}: required, a Secret name")
-    dns_names = section.strings("dnsNames")
-    if not dns_names:
-        raise ConfigError(f"{section.key('dnsNames')}: required, the names the API server calls")
-    configurations = {}
-    for key in ("mutatingWebhookConfiguration", "validatingWebhookConfiguration"):
-        name = section.get(key, str, "")
-        if name and not _DNS_SUBDOMAIN.fullmatch(name):
-            raise ConfigError(f"{section.key(key)}: {name!r} is not an object name")
-        configurations[key] = name
+    names = {}
+    for key in ("secretName", "mutatingWebhookConfiguration", "validatingWebhookConfiguration"):
+        names[key] = section.get(key, str, "")
     settings = SelfManagedTLSSettings(
-        secret_name=secret_name,
-        dns_names=dns_names,
-        mutating_webhook_configuration=configurations["mutatingWebhookConfiguration"],
-        validating_webhook_configuration=configurations["validatingWebhookConfiguration"],
+        secret_name=names["secretName"],
+        dns_names=section.strings("dnsNames"),
+        mutating_webhook_configuration=names["mutatingWebhookConfiguration"],
+        validating_webhook_configuration=names["validatingWebhookConfiguration"],
         ca_validity_days=_positive(section, "caValidityDays", 3650.0),
         cert_validity_days=_positive(section, "certValidityDays", 365.0),
         check_interval_seconds=_positive(section, "checkIntervalSeconds", 60.0),
     )
-    section.done()
+    section.done()  # a typo is named before what it leaves missing
+    if not _DNS_SUBDOMAIN.fullmatch(settings.secret_name):
+        raise ConfigError(f"{section.key('secretName')}: required, a Secret name")
+    for key, name in names.items():
+        if name and not _DNS_SUBDOMAIN.fullmatch(name):
+            raise ConfigError(f"{section.key(key)}: {name!r} is not an object name")
+    if not settings.dns_names:
+        raise ConfigError(f"{section.key('dnsNames')}: required, the names the API server calls")
     if settings.cert_validity_days > settings.ca_validity_days:
         raise ConfigError(
             f"{section.key('certValidityDays')}: must not exceed caValidityDays "

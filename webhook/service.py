@@ -64,6 +64,7 @@ async def running(
     context = tls.server_context(paths)
     reloader = tls.CertificateReloader(context, paths, reload_interval)
     health.checks["certificate"] = lambda: reloader.healthy
+    metrics.track_certificate_expiry(lambda: reloader.not_after)
     if self_managed is not None:
         self_managed.follow(reloader.check)
 
