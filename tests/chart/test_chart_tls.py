@@ -157,6 +157,12 @@ def test_create_namespaces(render: RenderFn) -> None:
     assert render(BASE).all("Namespace") == []
 
 
+def test_certificate_outliving_its_ca_is_refused(chart: Any) -> None:
+    values = {**BASE, "tls": {"selfManaged": {"caValidityDays": 30, "certValidityDays": 60}}}
+    with pytest.raises(Exception, match="certValidityDays must not exceed"):
+        template(chart, values)
+
+
 def test_create_namespaces_needs_a_list(chart: Any) -> None:
     with pytest.raises(Exception, match=r"createNamespaces: namespaces is \[\\?\"\*\\?\"\]"):
         template(chart, {**BASE, "namespaces": ["*"], "createNamespaces": True})

@@ -207,8 +207,16 @@ class WebhookProcess:
         return WebhookProcess(self.config, self.args, self.work, self.env, f"{self.name}-restarted")
 
     def replica(self, name: str) -> WebhookProcess:
-        """Another Pod of the same Deployment: the same config on other ports."""
-        server = {**self.config["server"], "port": free_port(), "healthPort": free_port()}
+        """Another Pod of the same Deployment: the same config on other ports, its
+        certificate files in a volume of its own."""
+        own = self.work / name
+        server = {
+            **self.config["server"],
+            "port": free_port(),
+            "healthPort": free_port(),
+            "certFile": str(own / "tls.crt"),
+            "keyFile": str(own / "tls.key"),
+        }
         return WebhookProcess(
             {**self.config, "server": server}, self.args, self.work, self.env, name
         )

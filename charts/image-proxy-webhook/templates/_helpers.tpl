@@ -274,6 +274,9 @@ Deployment, so every install runs them.
 {{- if and (eq .Values.tls.mode "existingSecret") (not .Values.tls.caBundle) }}
 {{- fail "tls.caBundle is required when tls.mode is existingSecret (the CA the API server trusts for the webhook)" }}
 {{- end }}
+{{- if and (eq .Values.tls.mode "selfManaged") (gt (float64 .Values.tls.selfManaged.certValidityDays) (float64 .Values.tls.selfManaged.caValidityDays)) }}
+{{- fail "tls.selfManaged.certValidityDays must not exceed tls.selfManaged.caValidityDays: the CA signs the certificate" }}
+{{- end }}
 {{- $namespaces := include "image-proxy-webhook.namespaces" . | fromJsonArray }}
 {{- if and .Values.createNamespaces (has "*" $namespaces) }}
 {{- fail "createNamespaces: namespaces is [\"*\"]; list the namespaces to create" }}
