@@ -25,11 +25,11 @@ def chart(tmp_path: Path) -> Path:
 def test_a_new_value_must_be_described_and_listed(chart: Path) -> None:
     values = chart / "values.yaml"
     values.write_text(
-        values.read_text() + '\nproxy:\n  # -- The egress proxy URL.\n  url: ""\n  noProxy: []\n'
+        values.read_text() + '\nmirror:\n  # -- The mirror URL.\n  url: ""\n  hosts: []\n'
     )
     assert problems(chart) == [
-        "values.yaml: proxy.noProxy has no `# --` description",
-        "README.md: proxy.url is missing from the values table",
+        "values.yaml: mirror.hosts has no `# --` description",
+        "README.md: mirror.url is missing from the values table",
     ]
 
 
