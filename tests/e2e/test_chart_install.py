@@ -333,6 +333,7 @@ async def test_upgrade_keeps_the_generated_ca_and_a_deleted_secret_renews_it(
         "license": {"id": LICENSE},
         "namespaces": [covered],
         "validatingWebhook": {"enabled": True},
+        "tls": {"mode": "helm"},
     }
 
     async def served() -> tuple[dict[str, str], set[str]]:
