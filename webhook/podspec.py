@@ -1,8 +1,9 @@
 """Where the pod specs and their images are in each kind of object (pure).
 
-Every kind is described by the JSON pointer of its pod template; containers are
-then walked the same way for every kind. Objects come from the API server but are
-treated as untrusted shapes: anything that is not where it should be is skipped.
+Every kind is described by the JSON pointer of its pod template; images are then
+enumerated the same way for every kind, in one place (:func:`_images`). Objects
+come from the API server but are treated as untrusted shapes: anything that is not
+where it should be is skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+VOLUMES = "volumes"
+# Key prefix of an image volume in the original-images record: container names are
+# DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
+VOLUME_KEY_PREFIX = "volume:"
 
 # kind -> pointer of the pod template (its "metadata" and "spec" live under it).
 WORKLOAD_TEMPLATES: Mapping[str, str] = {
@@ -23,13 +28,44 @@ WORKLOAD_TEMPLATES: Mapping[str, str] = {
     "Job": "/spec/template",
     "CronJob": "/spec/jobTemplate/spec/template",
 }
+# The API group of each workload kind, to recognise one in an ownerReference.
+WORKLOAD_GROUPS: Mapping[str, str] = {
+    "Deployment": "apps",
+    "StatefulSet": "apps",
+    "DaemonSet": "apps",
+    "ReplicaSet": "apps",
+    "ReplicationController": "",
+    "Job": "batch",
+    "CronJob": "batch",
+}
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerImage:
-    pointer: str  # JSON pointer of the image field
-    container: str  # container name ("" when missing)
+class ImageField:
+    """One image in a pod spec: a container's ``image`` or an image volume's ``reference``."""
+
+    pointer: str  # JSON pointer of the image string
+    list_name: str  # a CONTAINER_LISTS entry, or VOLUMES
+    name: str  # the container's or the volume's name ("" when missing)
     image: str
+
+    @property
+    def place(self) -> tuple[str, str]:
+        """Where the image is, to find the same one in oldObject."""
+        return (self.list_name, self.name)
+
+    @property
+    def record_key(self) -> str:
+        """Its key in the original-images record (docs/design.md §1)."""
+        return VOLUME_KEY_PREFIX + self.name if self.list_name == VOLUMES else self.name
+
+    @property
+    def what(self) -> str:
+        return "image volume" if self.list_name == VOLUMES else "container"
+
+    @property
+    def field_name(self) -> str:
+        return "reference" if self.list_name == VOLUMES else "image"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +76,7 @@ class PodTemplate:
     metadata: Mapping[str, Any] | None
     spec: Mapping[str, Any]
     spec_pointer: str
-    images: tuple[ContainerImage, ...]
+    images: tuple[ImageField, ...]
     # False for the pre-1.22 EphemeralContainers object: it carries no imagePullSecrets,
     # so whether the pod lists the pull secret cannot be told from the request.
     shows_pull_secrets: bool = True
@@ -50,30 +86,45 @@ class PodTemplate:
         return f"{self.pointer}/metadata"
 
 
-def _child(parent: object, key: str) -> Any:
+def child(parent: object, key: str) -> Any:
+    """``parent[key]`` when parent is a mapping, else None."""
     return parent.get(key) if isinstance(parent, Mapping) else None
 
 
 def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
     node: Any = obj
     for key in pointer.split("/")[1:]:
-        node = _child(node, key)
+        node = child(node, key)
     return node
 
 
-def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ContainerImage]:
+def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ImageField]:
+    """Every image of a pod spec: containers of each list, then image volumes."""
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
         if not isinstance(containers, list):
             continue
         for index, container in enumerate(containers):
-            image = _child(container, "image")
+            image = child(container, "image")
             if isinstance(image, str):
-                name = _child(container, "name")
-                yield ContainerImage(
+                name = child(container, "name")
+                yield ImageField(
                     f"{spec_pointer}/{list_name}/{index}/image",
+                    list_name,
                     name if isinstance(name, str) else "",
                     image,
+                )
+    volumes = spec.get(VOLUMES)
+    if isinstance(volumes, list):
+        for index, volume in enumerate(volumes):
+            reference = child(child(volume, "image"), "reference")
+            if isinstance(reference, str):
+                name = child(volume, "name")
+                yield ImageField(
+                    f"{spec_pointer}/{VOLUMES}/{index}/image/reference",
+                    VOLUMES,
+                    name if isinstance(name, str) else "",
+                    reference,
                 )
 
 
@@ -104,3 +155,29 @@ def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate |
         pointer = WORKLOAD_TEMPLATES[kind]
         return _template(obj, pointer, f"{pointer}/spec")
     return None
+
+
+def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The object's own metadata.annotations (empty when missing or malformed)."""
+    found = child(child(obj, "metadata"), "annotations")
+    return found if isinstance(found, Mapping) else {}
+
+
+def controller_kind(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(API group, kind) of the object's controller (ownerReferences[].controller: true)."""
+    owners = child(child(obj, "metadata"), "ownerReferences")
+    if not isinstance(owners, list):
+        return None
+    for owner in owners:
+        if child(owner, "controller") is True:
+            api_version, kind = child(owner, "apiVersion"), child(owner, "kind")
+            if isinstance(api_version, str) and isinstance(kind, str):
+                group = api_version.rpartition("/")[0]
+                return (group, kind)
+    return None
+
+
+def owned_by_workload(obj: Mapping[str, Any]) -> bool:
+    """Whether the object's controller is a workload kind whose template is rewritten."""
+    owner = controller_kind(obj)
+    return owner is not None and WORKLOAD_GROUPS.get(owner[1]) == owner[0]

@@ -421,9 +421,8 @@ async def test_ephemeral_container_through_the_subresource_is_rewritten(
             # rather than claiming the pod lacks the secret.
             assert answer.warnings == [
                 f"pod needs imagePullSecret {SECRET!r} for these images; UPDATE of "
-                "ephemeralcontainers cannot add it and does not show the pod's "
-                "imagePullSecrets: if the pod does not list it, recreate the pod so it can "
-                "pull its private images"
+                "ephemeralcontainers can neither add it nor show whether the pod lists it: "
+                "if not, recreate the pod"
             ]
         assert dockerconfig_of((await read_secret(api, app, SECRET)).ok()) == online_secret()
 
