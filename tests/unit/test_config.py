@@ -68,6 +68,12 @@ def test_first_matching_override_wins() -> None:
         ({"namespaces": ["Bad NS"]}, "namespaces[0]: 'Bad NS' is not a namespace name"),
         ({"namespaces": [3]}, "namespaces[0]: expected str, got int"),
         ({"proxyDomain": "https://proxy"}, "proxyDomain: 'https://proxy' is not a registry host"),
+        # read as a Docker Hub path at the start of an image reference
+        ({"proxyDomain": "proxy"}, "proxyDomain: 'proxy' is not a registry host"),
+        (
+            {"mode": "airgap", "airgap": {"registry": "registry"}},
+            "airgap.registry: 'registry' is not a registry host",
+        ),
         ({"pullSecretName": "Bad_Name"}, "pullSecretName: 'Bad_Name' is not a valid Secret name"),
         ({"visibility": {"ttlSeconds": 0}}, "visibility.ttlSeconds: must be greater than 0, got 0"),
         ({"visibility": {"ttlSeconds": "1h"}}, "visibility.ttlSeconds: expected float, got str"),
