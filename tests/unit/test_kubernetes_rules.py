@@ -37,6 +37,7 @@ from tests.reviews import (
     workload,
 )
 from webhook import config
+from webhook import review as wire
 from webhook.__main__ import main
 from webhook.admission import Admitter
 from webhook.config import Visibility
@@ -545,3 +546,18 @@ async def test_missing_secret_warning_stays_short_with_the_longest_secret_name(
     (warning,) = answer["response"]["warnings"]
     assert len(warning) <= WARNING_MAX
     assert warning.startswith("pod needs imagePullSecret 'sssss") and "recreate the pod" in warning
+
+
+def test_any_warning_in_an_answer_is_bounded() -> None:
+    """Warnings from outside the core (the pull-secret manager) are bounded too."""
+    long = "the API server refused the pull secret: " + "x" * 1000
+    (warning,) = wire.allow("uid", [long])["response"]["warnings"]
+    assert len(warning) == WARNING_MAX
+    assert warning.startswith("the API server refused the pull secret: xxx")
+
+
+def test_old_object_that_is_not_an_object_is_a_bad_request() -> None:
+    rv = review(pod("nginx"), operation="UPDATE")
+    rv["request"]["oldObject"] = ["not", "a", "pod"]
+    with pytest.raises(wire.ReviewError, match=r"request\.oldObject must be a dict, got list"):
+        wire.parse(json.dumps(rv))
