@@ -6,9 +6,50 @@ import base64
 import copy
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import jsonpatch
+
+from webhook.config import Visibility
+from webhook.images import ImageRef
+from webhook.policy import Repository
+
+# Config files (as parsed YAML) for the rule tests: visibility from overrides alone.
+ONLINE_CONFIG: dict[str, Any] = {
+    "appSlug": "my-app",
+    "licenseID": "lic",
+    "namespaces": ["my-app"],
+    "visibility": {
+        "overrides": [
+            {"match": "quay.io/private-org/*", "visibility": "private"},
+            {"match": "quay.io/my-org/*", "visibility": "private"},
+            {"match": "docker.io/library/*", "visibility": "public"},
+            {"match": "docker.io/acme/*", "visibility": "private"},
+            {"match": "registry.example.com:5000/*", "visibility": "private"},
+            {"match": "ghcr.io/public/*", "visibility": "public"},
+        ]
+    },
+}
+AIRGAP_CONFIG: dict[str, Any] = {
+    "appSlug": "my-app",
+    "mode": "airgap",
+    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
+}
+
+
+class StaticResolver:
+    """Fakes the registry probes with a fixed table (unknown when absent); records the asks."""
+
+    def __init__(self, table: Mapping[Repository, Visibility] | None = None) -> None:
+        self.table = dict(table or {})
+        self.asked: list[Repository] = []
+
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        self.asked.extend(wanted)
+        return {key: self.table[key] for key in wanted if key in self.table}
 
 
 def pod(

@@ -14,6 +14,11 @@ from typing import Any
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 VOLUMES = "volumes"
+# Each list of a pod spec that holds images -> where the image is in one of its entries.
+IMAGE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((list_name, ("image",)) for list_name in CONTAINER_LISTS),
+    (VOLUMES, ("image", "reference")),  # image volumes (Kubernetes 1.31+)
+)
 # Key prefix of an image volume in the original-images record: container names are
 # DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
 VOLUME_KEY_PREFIX = "volume:"
@@ -99,32 +104,23 @@ def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
 
 
 def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ImageField]:
-    """Every image of a pod spec: containers of each list, then image volumes."""
-    for list_name in CONTAINER_LISTS:
-        containers = spec.get(list_name)
-        if not isinstance(containers, list):
+    """Every image of a pod spec: the containers of each list, then the image volumes."""
+    for list_name, field in IMAGE_FIELDS:
+        entries = spec.get(list_name)
+        if not isinstance(entries, list):
             continue
-        for index, container in enumerate(containers):
-            image = child(container, "image")
+        suffix = "/".join(field)
+        for index, entry in enumerate(entries):
+            image = entry
+            for key in field:
+                image = child(image, key)
             if isinstance(image, str):
-                name = child(container, "name")
+                name = child(entry, "name")
                 yield ImageField(
-                    f"{spec_pointer}/{list_name}/{index}/image",
+                    f"{spec_pointer}/{list_name}/{index}/{suffix}",
                     list_name,
                     name if isinstance(name, str) else "",
                     image,
-                )
-    volumes = spec.get(VOLUMES)
-    if isinstance(volumes, list):
-        for index, volume in enumerate(volumes):
-            reference = child(child(volume, "image"), "reference")
-            if isinstance(reference, str):
-                name = child(volume, "name")
-                yield ImageField(
-                    f"{spec_pointer}/{VOLUMES}/{index}/image/reference",
-                    VOLUMES,
-                    name if isinstance(name, str) else "",
-                    reference,
                 )
 
 

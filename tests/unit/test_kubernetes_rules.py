@@ -27,6 +27,9 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from tests.reviews import (
+    AIRGAP_CONFIG,
+    ONLINE_CONFIG,
+    StaticResolver,
     apply,
     images_of,
     patch_of,
@@ -41,46 +44,15 @@ from webhook import review as wire
 from webhook.__main__ import main
 from webhook.admission import Admitter
 from webhook.config import Visibility
-from webhook.images import ImageRef
-from webhook.policy import ORIGINAL_IMAGES_ANNOTATION, WARNING_MAX, Repository
+from webhook.policy import ORIGINAL_IMAGES_ANNOTATION, WARNING_MAX
 from webhook.server import webhook_app
 
 D = "sha256:" + "ab" * 32
 PROXY = "proxy.replicated.com/proxy/my-app"
 SECRET = "my-app-registry"
-ONLINE: dict[str, Any] = {
-    "appSlug": "my-app",
-    "licenseID": "lic",
-    "namespaces": ["my-app"],
-    "visibility": {
-        "overrides": [
-            {"match": "quay.io/private-org/*", "visibility": "private"},
-            {"match": "quay.io/my-org/*", "visibility": "private"},
-            {"match": "docker.io/library/*", "visibility": "public"},
-        ]
-    },
-}
-AIRGAP: dict[str, Any] = {
-    "appSlug": "my-app",
-    "mode": "airgap",
-    "namespaces": ["my-app"],
-    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
-}
+ONLINE = ONLINE_CONFIG
+AIRGAP = {**AIRGAP_CONFIG, "namespaces": ["my-app"]}
 LOCAL = "registry.local:5000/my-app"
-
-
-class TableResolver:
-    """Fakes the registry probes with a fixed table (unknown when absent); records the asks."""
-
-    def __init__(self, table: Mapping[Repository, Visibility] | None = None) -> None:
-        self.table = dict(table or {})
-        self.asked: list[Repository] = []
-
-    async def resolve_all(
-        self, wanted: Mapping[Repository, ImageRef], timeout: float
-    ) -> dict[Repository, Visibility]:
-        self.asked.extend(wanted)
-        return {key: self.table[key] for key in wanted if key in self.table}
 
 
 Post = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -93,8 +65,8 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
     session = aiohttp.ClientSession()
 
-    async def start(data: Mapping[str, Any], resolver: TableResolver | None = None) -> Post:
-        admitter = Admitter(config.parse(dict(data)), resolver=resolver or TableResolver())
+    async def start(data: Mapping[str, Any], resolver: StaticResolver | None = None) -> Post:
+        admitter = Admitter(config.parse(dict(data)), resolver=resolver or StaticResolver())
         server = TestServer(webhook_app(admitter), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
@@ -134,7 +106,7 @@ async def test_label_update_of_a_pod_whose_registry_cannot_be_probed_passes_unch
     serve: Serve,
 ) -> None:
     """onProbeFailure: proxy would rewrite these images on CREATE; on UPDATE they are old."""
-    resolver = TableResolver()  # every probe fails: unknown
+    resolver = StaticResolver()  # every probe fails: unknown
     post = await serve(ONLINE, resolver)
     old = pod("gcr.io/u/app:1", init=("gcr.io/u/init:1",), image_volumes={"data": "gcr.io/u/d:1"})
     new = labelled(old)
@@ -498,7 +470,7 @@ async def test_warnings_stay_short_with_the_longest_inputs(
     reason: str,
 ) -> None:
     table = {} if visibility is None else {("gcr.io", "a" * 248): visibility}
-    post = await serve(data, TableResolver(table))
+    post = await serve(data, StaticResolver(table))
     obj = pod(image)
     obj["spec"]["containers"][0]["name"] = LONG_NAME
     with caplog.at_level(logging.INFO, logger="webhook.admission"):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.reviews import apply, images_of, patch_of, pod, review
+from tests.reviews import AIRGAP_CONFIG, ONLINE_CONFIG, apply, images_of, patch_of, pod, review
 from webhook import config, policy
 from webhook import review as wire
 from webhook.config import Settings, Visibility
@@ -17,25 +17,8 @@ D = "sha256:" + "ab" * 32
 PROXY = "proxy.replicated.com/proxy/my-app"
 ANNOTATION = "image-proxy-webhook.io/original-images"
 
-BASE: dict[str, Any] = {
-    "appSlug": "my-app",
-    "licenseID": "lic",
-    "namespaces": ["my-app"],
-    "visibility": {
-        "overrides": [
-            {"match": "quay.io/private-org/*", "visibility": "private"},
-            {"match": "docker.io/library/*", "visibility": "public"},
-            {"match": "docker.io/acme/*", "visibility": "private"},
-            {"match": "registry.example.com:5000/*", "visibility": "private"},
-            {"match": "ghcr.io/public/*", "visibility": "public"},
-        ]
-    },
-}
-AIRGAP: dict[str, Any] = {
-    "appSlug": "my-app",
-    "mode": "airgap",
-    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
-}
+BASE = ONLINE_CONFIG
+AIRGAP = AIRGAP_CONFIG
 
 
 def settings(base: Mapping[str, Any] = BASE, **changes: Any) -> Settings:
