@@ -23,26 +23,20 @@ IMAGE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
 VOLUME_KEY_PREFIX = "volume:"
 
-# kind -> pointer of the pod template (its "metadata" and "spec" live under it).
-WORKLOAD_TEMPLATES: Mapping[str, str] = {
-    "Deployment": "/spec/template",
-    "StatefulSet": "/spec/template",
-    "DaemonSet": "/spec/template",
-    "ReplicaSet": "/spec/template",
-    "ReplicationController": "/spec/template",
-    "Job": "/spec/template",
-    "CronJob": "/spec/jobTemplate/spec/template",
-}
-# The API group of each workload kind, to recognise one in an ownerReference.
-WORKLOAD_GROUPS: Mapping[str, str] = {
-    "Deployment": "apps",
-    "StatefulSet": "apps",
-    "DaemonSet": "apps",
-    "ReplicaSet": "apps",
-    "ReplicationController": "",
-    "Job": "batch",
-    "CronJob": "batch",
-}
+# The workload kinds: (API group, kind, pointer of the pod template, whose "metadata"
+# and "spec" live under it).
+_WORKLOADS = (
+    ("apps", "Deployment", "/spec/template"),
+    ("apps", "StatefulSet", "/spec/template"),
+    ("apps", "DaemonSet", "/spec/template"),
+    ("apps", "ReplicaSet", "/spec/template"),
+    ("", "ReplicationController", "/spec/template"),
+    ("batch", "Job", "/spec/template"),
+    ("batch", "CronJob", "/spec/jobTemplate/spec/template"),
+)
+WORKLOAD_TEMPLATES: Mapping[str, str] = {kind: pointer for _, kind, pointer in _WORKLOADS}
+# To recognise a workload in an ownerReference, by its apiVersion's group.
+WORKLOAD_GROUPS: Mapping[str, str] = {kind: group for group, kind, _ in _WORKLOADS}
 
 
 @dataclass(frozen=True, slots=True)
