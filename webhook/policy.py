@@ -37,7 +37,7 @@ Repository = tuple[str, str]  # (normalised domain, path): the visibility cache 
 WARNING_MAX = 256
 _NAME_SHOWN = 40
 _IMAGE_SHOWN = 80
-_PROBLEM_SHOWN = 60
+_PROBLEM_SHOWN = 80  # with the name and image shown, at most 256 in all
 
 
 @dataclass(frozen=True, slots=True)
