@@ -112,6 +112,7 @@ def permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def container(rendered: Rendered) -> dict[str, Any]:
+    only: dict[str, Any]
     [only] = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
     return only
 

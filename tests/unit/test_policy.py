@@ -53,7 +53,7 @@ def mutate(
     decision = policy.decide(template, request.policy_request, visibilities or {}, s)
     if endpoint == "validate":
         return dict(wire.validate_response(request.uid, decision))
-    answer = dict(wire.mutate_response(request.uid, decision, s.secret_name))
+    answer: dict[str, Any] = dict(wire.mutate_response(request.uid, decision, s.secret_name))
     assert answer["response"]["uid"] == rv["request"]["uid"]
     return answer
 
