@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cachefill, harness
-from bench import run as bench_run
+from bench import cachefill, harness, measure, report, scenarios
 from webhook import tls
 
 HOST = "127.0.0.1"
@@ -63,8 +62,8 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
     certs = tls.generate(tmp_path / "tls", tls.DEV_NAMES)
     port, health = harness.free_port(HOST), harness.free_port(HOST)
     config_path = write_config(tmp_path, port, health, certs)
-    body = bench_run.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])
-    expected = bench_run.expected_answer(config_path, body, set())
+    body = scenarios.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])
+    expected = scenarios.expected_answer(config_path, body, set())
     responses = tmp_path / "responses.json"
     responses.write_text(json.dumps({"/warm-3": expected}))
     bodies = harness.write_bodies(tmp_path / "bodies.jsonl", [body])
@@ -86,7 +85,7 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
             assert harness.post(f"{floor.base_url}/warm-3", body) == (200, expected)
             assert answer["response"]["patchType"] == "JSONPatch"
 
-            profile = bench_run.Profile(
+            profile = scenarios.Profile(
                 seconds=1,
                 warmup=0,
                 rounds=1,
@@ -96,10 +95,10 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
                 fill_cache_size=0,
                 server_time_samples=0,
             )
-            scenario = bench_run.Scenario("warm-3", "/warm-3", [body], (4,))
-            before = bench_run.scrape(webhook.extra["metrics_url"])
-            pair = bench_run.measure(scenario, 4, webhook, floor, bodies, profile)
-            after = bench_run.scrape(webhook.extra["metrics_url"])
+            scenario = scenarios.Scenario("warm-3", "/warm-3", [body], (4,))
+            before = measure.scrape(webhook.extra["metrics_url"])
+            pair = measure.measure(scenario, 4, webhook, floor, bodies, profile)
+            after = measure.scrape(webhook.extra["metrics_url"])
         finally:
             floor.stop()
     finally:
@@ -117,25 +116,25 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
     assert summary["throughput_ratio"] > 0 and summary["p99_ratio"] > 0
 
     # the webhook's own histogram saw what wrk sent
-    admitted = bench_run.metric(
+    admitted = measure.metric(
         after, "image_proxy_webhook_admission_duration_seconds_count", endpoint="mutate"
-    ) - bench_run.metric(
+    ) - measure.metric(
         before, "image_proxy_webhook_admission_duration_seconds_count", endpoint="mutate"
     )
     assert admitted >= summary["webhook"]["requests"]
-    p50 = bench_run.histogram_quantile(
+    p50 = measure.histogram_quantile(
         0.5, before, after, "image_proxy_webhook_admission_duration_seconds", endpoint="mutate"
     )
     assert p50 is not None and 0 < p50 < 1
 
     # the report renders from these figures
     results = {
-        "machine": bench_run.machine(),
+        "machine": report.machine(),
         "profile": {"name": "smoke", "seconds": 1, "rounds": 1},
         "warm": [summary],
     }
-    results["targets"] = bench_run.targets(results)
-    text = bench_run.render(results)
+    results["targets"] = report.targets(results)
+    text = report.render(results)
     assert "warm-3" in text and "targets:" in text
 
 
