@@ -79,6 +79,16 @@ class Pair:
         }
 
 
+@dataclass(frozen=True)
+class Target:
+    """One side of a pair: its server process, the URL wrk drives, how its answers count."""
+
+    process: Process
+    url: str
+    # admissions the process has answered so far (its own counter); None: wrk's requests
+    answered: Callable[[], float] | None = None
+
+
 def measure(
     scenario: Scenario,
     connections: int,
@@ -87,36 +97,75 @@ def measure(
     bodies_file: Path,
     profile: Profile,
 ) -> Pair:
-    pair = Pair(scenario.name, connections)
-    targets = (
-        (floor, f"{floor.base_url}{scenario.path}", pair.floor, pair.floor_cpu_us),
-        (webhook, f"{webhook.base_url}/mutate", pair.webhook, pair.webhook_cpu_us),
+    return alternate(
+        Pair(scenario.name, connections),
+        Target(floor, f"{floor.base_url}{scenario.path}"),
+        Target(webhook, f"{webhook.base_url}/mutate"),
+        bodies_file,
+        profile,
     )
-    for process, url, _, _ in targets:
-        process.reset_peak()
+
+
+def alternate(
+    pair: Pair,
+    floor: Target,
+    webhook: Target,
+    bodies_file: Path,
+    profile: Profile,
+    *,
+    bearer: str | None = None,
+) -> Pair:
+    """Floor and webhook under the same wrk load in turns, ``profile.rounds`` runs each.
+
+    CPU per request: the server's user + system time over a run, divided by the
+    admissions it answered in that run.
+    """
+    connections = pair.connections
+    sides = (
+        (floor, pair.floor, pair.floor_cpu_us),
+        (webhook, pair.webhook, pair.webhook_cpu_us),
+    )
+    for target, _, _ in sides:
+        target.process.reset_peak()
         if profile.warmup:
-            wrk(url, bodies_file, connections=connections, seconds=profile.warmup)
+            wrk(
+                target.url,
+                bodies_file,
+                connections=connections,
+                seconds=profile.warmup,
+                bearer=bearer,
+            )
     for round_ in range(profile.rounds):
         # alternate who goes first, so a trend in the machine's load hits both alike
-        order = targets if round_ % 2 == 0 else targets[::-1]
-        for process, url, runs, cpu in order:
+        order = sides if round_ % 2 == 0 else sides[::-1]
+        for target, runs, cpu in order:
+            process = target.process
+            answered_before = target.answered() if target.answered else 0.0
             cpu_before = process.cpu_seconds()
-            result = wrk(url, bodies_file, connections=connections, seconds=profile.seconds)
-            if result.requests:
-                cpu.append((process.cpu_seconds() - cpu_before) / result.requests * 1e6)
+            result = wrk(
+                target.url,
+                bodies_file,
+                connections=connections,
+                seconds=profile.seconds,
+                bearer=bearer,
+            )
+            cpu_used = process.cpu_seconds() - cpu_before
+            answered = target.answered() - answered_before if target.answered else result.requests
+            if answered:
+                cpu.append(cpu_used / answered * 1e6)
             if result.error_count:
                 raise BenchError(
-                    f"{process.name} {scenario.name} c={connections}: errors {result.errors}\n"
+                    f"{process.name} {pair.scenario} c={connections}: errors {result.errors}\n"
                     f"{process.log_tail()}"
                 )
             runs.append(result)
             log(
-                f"{scenario.name} c={connections} {process.name}: {result.rps:.0f} req/s, "
+                f"{pair.scenario} c={connections} {process.name}: {result.rps:.0f} req/s, "
                 f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
                 f"{cpu[-1] if cpu else 0:.0f} CPU us/request"
             )
-    pair.floor_peak_rss_mib = floor.rss_mib()[1]
-    pair.webhook_peak_rss_mib = webhook.rss_mib()[1]
+    pair.floor_peak_rss_mib = floor.process.rss_mib()[1]
+    pair.webhook_peak_rss_mib = webhook.process.rss_mib()[1]
     return pair
 
 

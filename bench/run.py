@@ -8,8 +8,10 @@ behind htpasswd), the webhook as a subprocess (the CLI, a fixed config, JSON
 logs) and the floor (:mod:`bench.floor`: the same aiohttp/TLS stack answering a
 constant AdmissionReview), then drives both with wrk over keep-alive TLS. Every
 figure is compared with the floor's in the same run, floor and webhook taking
-turns, so a busy machine moves both. See bench/README.md for what each figure
-means. Figures go to bench/results/latest.json (``--out``) and a table to stdout.
+turns, so a busy machine moves both. The end-to-end part (:mod:`bench.e2e`)
+sends dry-run Pod creates through a real kube-apiserver to the webhook and to an
+echo floor in turns. See bench/README.md for what each figure means. Figures go
+to bench/results/latest.json (``--out``) and a table to stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.e2e import run_e2e
 from bench.harness import (
     ROOT,
     BenchError,
@@ -52,6 +55,7 @@ from bench.report import libraries, machine, render, targets
 from bench.scenarios import (
     FULL,
     HOST,
+    NAMESPACE,
     QUICK,
     Profile,
     build_scenarios,
@@ -65,7 +69,7 @@ from bench.scenarios import (
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 
 
-PARTS = ("warm-3", "warm-100", "cold", "cache-fill")
+PARTS = ("warm-3", "warm-100", "cold", "e2e", "cache-fill")
 
 
 @dataclass
@@ -191,6 +195,18 @@ def run(options: Run) -> dict[str, Any]:
             log(f"cold: {profile.cold_repositories} repositories")
             results["cold"] = cold(
                 scenarios["cold-1000"], webhook, floor, regs, bodies["cold-1000"], profile
+            )
+        if "e2e" in options.parts:
+            log("e2e: dry-run Pod creates through kube-apiserver")
+            results["e2e"] = run_e2e(
+                webhook,
+                NAMESPACE,
+                scenarios["warm-3"].bodies[0],
+                responses["/warm-3"],
+                certs,
+                work,
+                profile,
+                loop=options.loop,
             )
         results["webhook_log_lines"] = _count_lines(webhook.log_file)
 

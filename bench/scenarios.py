@@ -22,6 +22,7 @@ from typing import Any
 from bench.harness import BenchError
 
 HOST = "127.0.0.1"
+NAMESPACE = "bench"  # the webhook covers it; the Pods are created in it
 PUSH_USERS = {"pusher": "push-secret"}
 
 
@@ -227,7 +228,7 @@ def write_config(directory: Path, regs: Registries, port: int, health: int, cert
     settings = {
         "appSlug": "bench",
         "licenseID": "bench-license-id",
-        "namespaces": ["bench"],
+        "namespaces": [NAMESPACE],
         "visibility": {"cacheSize": 10000},
         "probe": {
             "insecureRegistries": [regs.public.domain, regs.private.domain],

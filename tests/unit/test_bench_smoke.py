@@ -1,8 +1,8 @@
 """Smoke test of bench/: the floor, the webhook CLI and wrk, one tiny scenario (~1 s each).
 
 Keeps the benchmark code from rotting; it asserts that the pieces work and the
-figures are sane, not how fast anything is. Needs wrk: skipped locally without
-it, failed under CI=true.
+figures are sane, not how fast anything is. Needs wrk, and for the end-to-end
+scenario a kube-apiserver: skipped locally without them, failed under CI=true.
 """
 
 from __future__ import annotations
@@ -11,26 +11,51 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import cachefill, harness, measure, report, scenarios
+from bench import cachefill, e2e, harness, measure, report, scenarios
+from tests.e2e import kubeapi
 from webhook import tls
 
 HOST = "127.0.0.1"
 PRIVATE = "quay.io/acme/api:v1"
 PUBLIC = "docker.io/library/nginx:1.25"
+SMOKE = scenarios.Profile(
+    seconds=1,
+    warmup=0,
+    rounds=1,
+    cold_repositories=0,
+    cold_seconds=0,
+    fill_entries=0,
+    fill_cache_size=0,
+    server_time_samples=0,
+)
+
+
+def missing(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def wrk_binary() -> str:
     binary = shutil.which("wrk")
     if binary is None:
-        message = "wrk is not installed: apt-get install -y wrk"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing("wrk is not installed: apt-get install -y wrk")
+    assert binary is not None
     return binary
+
+
+@pytest.fixture(scope="module")
+def kube_binaries() -> tuple[Path, Path]:
+    found = kubeapi.find_binaries()
+    if isinstance(found, str):
+        missing(f"e2e: {found}")
+    assert not isinstance(found, str)
+    return found
 
 
 def write_config(directory: Path, port: int, health: int, certs: tls.CertPaths) -> Path:
@@ -85,19 +110,9 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
             assert harness.post(f"{floor.base_url}/warm-3", body) == (200, expected)
             assert answer["response"]["patchType"] == "JSONPatch"
 
-            profile = scenarios.Profile(
-                seconds=1,
-                warmup=0,
-                rounds=1,
-                cold_repositories=0,
-                cold_seconds=0,
-                fill_entries=0,
-                fill_cache_size=0,
-                server_time_samples=0,
-            )
             scenario = scenarios.Scenario("warm-3", "/warm-3", [body], (4,))
             before = measure.scrape(webhook.extra["metrics_url"])
-            pair = measure.measure(scenario, 4, webhook, floor, bodies, profile)
+            pair = measure.measure(scenario, 4, webhook, floor, bodies, SMOKE)
             after = measure.scrape(webhook.extra["metrics_url"])
         finally:
             floor.stop()
@@ -136,6 +151,54 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
     results["targets"] = report.targets(results)
     text = report.render(results)
     assert "warm-3" in text and "targets:" in text
+
+
+@pytest.mark.e2e
+def test_end_to_end_through_the_api_server(
+    wrk_binary: str, kube_binaries: tuple[Path, Path], tmp_path: Path
+) -> None:
+    certs = tls.generate(tmp_path / "tls", tls.DEV_NAMES)
+    port, health = harness.free_port(HOST), harness.free_port(HOST)
+    config_path = write_config(tmp_path, port, health, certs)
+    body = scenarios.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])
+    expected = scenarios.expected_answer(config_path, body, set())
+
+    webhook = harness.start_webhook(config_path, HOST, port, health, tmp_path / "webhook.log")
+    try:
+        # run_e2e first checks that both webhooks turn the Pod into the same stored Pod
+        results = e2e.run_e2e(
+            webhook, "bench", body, expected, certs, tmp_path, SMOKE, connections=(4,)
+        )
+    finally:
+        webhook.stop()
+
+    assert [c["image"] for c in results["pod"]["spec"]["containers"]] == [
+        PRIVATE,
+        PRIVATE,
+        PUBLIC,
+    ]
+    [row] = results["rows"]
+    assert row["connections"] == 4
+    for side in ("floor", "webhook"):
+        figures = row[side]
+        assert figures["requests"] > 5, row
+        assert figures["errors"] == 0
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+        # CPU per admission: the server's own CPU time over the admissions it counted
+        assert 0 < figures["cpu_us_per_request"] < 1e6
+    assert row["cpu_ratio"] > 0
+
+    summary: dict[str, Any] = {
+        "machine": report.machine(),
+        "profile": {"name": "smoke", "seconds": 1, "rounds": 1},
+        "warm": [],
+        "e2e": {**results, "rows": [{**row, "connections": 16}]},
+    }
+    summary["targets"] = report.targets(summary)
+    [check] = summary["targets"]
+    assert check["value"] == row["cpu_ratio"]
+    text = report.render(summary)
+    assert "end to end" in text and "CPU us/admission" in text
 
 
 async def test_cache_fill_stays_within_cache_size() -> None:
