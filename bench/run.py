@@ -1,7 +1,7 @@
 """The benchmark: the webhook against a bare aiohttp TLS floor, in one run.
 
-    python -m bench.run            # full run (about 6 minutes on 2 cores)
-    python -m bench.run --quick    # CI-sized (about 1 minute)
+    python -m bench.run            # full run (about 10 minutes on 2 cores)
+    python -m bench.run --quick    # CI-sized (about 2 minutes)
 
 Starts two real registries on loopback (CNCF distribution: one anonymous, one
 behind htpasswd), the webhook as a subprocess (the CLI, a fixed config, JSON
