@@ -68,20 +68,29 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Respon
                 async with asyncio.timeout(deadline):
                     body = await request.read()
         except TimeoutError:
+            _count_error(admitter, endpoint, "body-timeout")
             return _error(408, f"request body not received within {deadline:g}s")
         except web.HTTPRequestEntityTooLarge:
+            _count_error(admitter, endpoint, "too-large")
             return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         try:
             outcome = await admitter.admit(body, endpoint)
         except review.ReviewError as exc:
             log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
+            _count_error(admitter, endpoint, "bad-request")
             return _error(400, str(exc))
         except Exception:
             log.exception("%s: unexpected error answering an admission request", endpoint)
+            _count_error(admitter, endpoint, "internal-error")
             return _internal_error_answer(body, endpoint)
         return web.Response(body=review.encode(outcome.answer), content_type=JSON)
 
     return handle
+
+
+def _count_error(admitter: Admitter, endpoint: Endpoint, reason: str) -> None:
+    if admitter.metrics is not None:
+        admitter.metrics.admission_errors.labels(endpoint, reason).inc()
 
 
 def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:
