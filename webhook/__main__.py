@@ -26,6 +26,7 @@ from webhook.images import InvalidImageError, parse
 from webhook.visibility import VisibilityResolver
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILURE = 1  # serve: the server could not start
 
 
 class UsageError(Exception):
@@ -212,9 +213,14 @@ def main(
         if getattr(args, "workloads", False):
             settings = replace(settings, mutate_workloads=True)
         if args.command == "serve":
+            from webhook.selfcerts import SelfManagedTLSError
             from webhook.service import serve
 
-            _run_server(serve(settings))
+            try:
+                _run_server(serve(settings))
+            except SelfManagedTLSError as exc:
+                print(f"error: {exc}", file=err)
+                return EXIT_FAILURE
             return EXIT_OK
         if args.command == "probe":
             asyncio.run(_probe(settings, args.images, out))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from webhook import pullsecrets, registry, tls
+from webhook import pullsecrets, registry, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.config import WEBHOOK_NAMESPACE_ENV, Settings
 from webhook.metrics import Metrics
@@ -57,13 +57,17 @@ async def running(
     """
     metrics = metrics or Metrics()
     health = health or Health()
+    webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
+    # selfManagedTLS: the certificate files are written from the Secret before they load.
+    self_managed = await selfcerts.start(settings, webhook_namespace)
     paths = certificate(settings)
     context = tls.server_context(paths)
     reloader = tls.CertificateReloader(context, paths, reload_interval)
     health.checks["certificate"] = lambda: reloader.healthy
     metrics.track_certificate_expiry(lambda: reloader.not_after)
+    if self_managed is not None:
+        self_managed.follow(reloader.check)
 
-    webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
     kube = None
     secrets_task = None
     if secrets is None:
@@ -132,6 +136,8 @@ async def running(
         if kube is not None:
             await kube.close()
         await probes.cleanup()
+        if self_managed is not None:
+            await self_managed.close()
         log.info("stopped")
 
 
