@@ -2,8 +2,8 @@
 
 - The pure core (config, images, podspec, policy, review) reaches no I/O library,
   directly or through another module of the package.
-- The probe and cluster layers (registry, netguard, egress, visibility, pullsecrets)
-  do not reach the server (server, service, the CLI).
+- The probe and cluster layers (registry, netguard, egress, visibility; pullsecrets,
+  selfcerts) do not reach the server (server, service, the CLI).
 
 Every ``import`` counts, wherever it is written (inside a function, under
 ``TYPE_CHECKING``): a layer that needs a type from above it is already coupled to it.
@@ -23,7 +23,14 @@ PACKAGE = "webhook"
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
 
 CORE = ("config", "images", "podspec", "policy", "review")
-PROBE_AND_CLUSTER = ("registry", "netguard", "egress", "visibility", "pullsecrets")
+PROBE_AND_CLUSTER = (
+    "registry",  # registry probes
+    "netguard",
+    "egress",
+    "visibility",
+    "pullsecrets",  # the cluster's API server
+    "selfcerts",
+)
 SERVER = ("server", "service", "__main__")
 
 # Network, event loop, processes: what the core must be testable without.
