@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per process (built in __main__, passed in)."""
+"""Prometheus metrics, one registry per process (built by the service, passed in)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.reviews import apply, images_of, pod, review
+from tests.reviews import StaticResolver, apply, images_of, pod, review
 from webhook import config, tls
 from webhook.admission import Admitter
 from webhook.config import Visibility
@@ -24,20 +24,6 @@ from webhook.server import MAX_BODY_BYTES, Health, health_app, webhook_app
 
 PROXY = "proxy.replicated.com/proxy/my-app"
 SETTINGS = config.parse({"appSlug": "my-app", "licenseID": "lic", "namespaces": ["my-app"]})
-
-
-class StaticResolver:
-    """Visibility from a fixed table, counting the repositories it was asked about."""
-
-    def __init__(self, table: Mapping[Repository, Visibility]) -> None:
-        self.table = table
-        self.asked: list[Repository] = []
-
-    async def resolve_all(
-        self, wanted: Mapping[Repository, ImageRef], timeout: float
-    ) -> dict[Repository, Visibility]:
-        self.asked.extend(wanted)
-        return {key: self.table[key] for key in wanted if key in self.table}
 
 
 class BrokenResolver:
