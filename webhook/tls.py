@@ -81,7 +81,6 @@ class CertificateReloader:
         self.paths = paths
         self.interval = interval
         self.healthy = True
-        self.reloads = 0
         self._fingerprint = _fingerprint(paths)
         self.not_after = not_after(paths.cert_file)  # of the certificate being served
         context.sni_callback = self._select
@@ -120,7 +119,6 @@ class CertificateReloader:
         self._fingerprint = fingerprint
         self.not_after = expires
         self.healthy = True
-        self.reloads += 1
         log.info("loaded a new serving certificate from %s", self.paths.cert_file)
         return True
 
