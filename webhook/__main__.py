@@ -1,7 +1,7 @@
 """Command line: serve | rewrite | validate | probe | certs.
 
 Exit codes: 0 success, 1 when any object would be denied (rewrite, validate),
-2 for a usage or configuration error.
+2 for a usage or configuration error, or a server that cannot start (a port in use).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any, TextIO
 import jsonpatch
 import yaml
 
-from webhook import logs, policy, registry, review, tls
+from webhook import logs, policy, review, tls
 from webhook.admission import Admitter
 from webhook.config import ConfigError, Settings, load
 from webhook.images import InvalidImageError, parse
-from webhook.visibility import VisibilityResolver
+from webhook.visibility import VisibilityResolver, probing
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
@@ -117,14 +117,8 @@ async def _resolver(settings: Settings, offline: bool) -> AsyncIterator[Visibili
     if offline:
         yield None
         return
-    session = registry.make_session(settings.probe)
-    client = registry.RegistryClient(session, settings.probe)
-    resolver = VisibilityResolver(settings.visibility, client.probe, settings.probe.max_concurrent)
-    try:
+    async with probing(settings) as resolver:
         yield resolver
-    finally:
-        await resolver.close()
-        await session.close()
 
 
 def _namespace(doc: dict[str, Any]) -> str:
@@ -212,9 +206,13 @@ def main(
         if getattr(args, "workloads", False):
             settings = replace(settings, mutate_workloads=True)
         if args.command == "serve":
-            from webhook.service import serve
+            from webhook.service import StartupError, serve
 
-            _run_server(serve(settings))
+            try:
+                _run_server(serve(settings))
+            except StartupError as exc:
+                print(f"error: {exc}", file=err)
+                return EXIT_USAGE
             return EXIT_OK
         if args.command == "probe":
             asyncio.run(_probe(settings, args.images, out))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from webhook import policy, review
+from webhook import podspec, policy, review
 from webhook.config import Settings, Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
@@ -39,6 +39,10 @@ class Resolver(Protocol):
 class SecretEnsurer(Protocol):
     async def ensure(self, namespace: str, timeout: float) -> str | None:
         """Make sure the pull secret is current in the namespace; a warning if not."""
+        ...
+
+    async def close(self) -> None:
+        """Stop work still running in the background."""
         ...
 
 
@@ -96,6 +100,7 @@ class Admitter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.server.admission_deadline_seconds
         request = review.parse(body)
+        self._check_size(request)
         template = review.template_of(request, self.settings, self.webhook_namespace)
         decision = await self.decide(template, request.policy_request, deadline)
         if endpoint == "validate":
@@ -108,6 +113,18 @@ class Admitter:
         outcome = Outcome(answer, request, decision, time.perf_counter() - started)
         self._record(outcome, endpoint)
         return outcome
+
+    def _check_size(self, request: review.AdmissionRequest) -> None:
+        """Refuse (HTTP 400) an object with more containers than any real Pod has."""
+        cap = self.settings.server.max_images_per_object
+        count = podspec.container_count(
+            request.kind, request.object or {}, workloads=self.settings.mutate_workloads
+        )
+        if count > cap:
+            raise review.ReviewError(
+                f"the {request.kind} lists {count} containers, more than "
+                f"server.maxImagesPerObject ({cap})"
+            )
 
     async def _ensure_secret(
         self, request: review.AdmissionRequest, decision: Decision, deadline: float

@@ -99,6 +99,13 @@ class AirgapSettings:
     password_file: str = ""
 
 
+# The API server refuses request bodies over 3 MiB, so an object written to it is at
+# most 3 MiB of JSON (etcd then keeps it as protobuf, 1.5 MiB at most by default). A
+# review carries the object and, on UPDATE, its old version: 2 x 3 MiB, plus under
+# 1 MiB of envelope (user info, options, names).
+DEFAULT_MAX_REQUEST_BYTES = 7 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "0.0.0.0"
@@ -108,6 +115,15 @@ class ServerSettings:
     key_file: str = ""
     admission_deadline_seconds: float = 8.0
     shutdown_timeout_seconds: float = 15.0
+    # Bounds on what one client can make the server hold (README "Failure behaviour").
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_images_per_object: int = 1000
+    max_admissions_in_flight: int = 256
+    max_body_bytes_in_flight: int = 16 * 1024 * 1024
+    max_connections: int = 512
+    tls_handshake_timeout_seconds: float = 5.0
+    header_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +242,13 @@ def _positive(section: _Section, name: str, default: float) -> float:
     return value
 
 
+def _count(section: _Section, name: str, default: int) -> int:
+    value = section.get(name, int, default)
+    if value < 1:
+        raise ConfigError(f"{section.key(name)}: must be at least 1, got {value}")
+    return value
+
+
 def _port(section: _Section, name: str, default: int) -> int:
     value = section.get(name, int, default)
     if not 1 <= value <= 65535:
@@ -332,8 +355,21 @@ def parse(data: object) -> Settings:
         key_file=s.get("keyFile", str, ""),
         admission_deadline_seconds=_positive(s, "admissionDeadlineSeconds", 8.0),
         shutdown_timeout_seconds=_positive(s, "shutdownTimeoutSeconds", 15.0),
+        max_request_bytes=_count(s, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
+        max_images_per_object=_count(s, "maxImagesPerObject", 1000),
+        max_admissions_in_flight=_count(s, "maxAdmissionsInFlight", 256),
+        max_body_bytes_in_flight=_count(s, "maxBodyBytesInFlight", 16 * 1024 * 1024),
+        max_connections=_count(s, "maxConnections", 512),
+        tls_handshake_timeout_seconds=_positive(s, "tlsHandshakeTimeoutSeconds", 5.0),
+        header_timeout_seconds=_positive(s, "headerTimeoutSeconds", 5.0),
+        idle_timeout_seconds=_positive(s, "idleTimeoutSeconds", 60.0),
     )
     s.done()
+    if server.max_body_bytes_in_flight < server.max_request_bytes:
+        raise ConfigError(
+            "server.maxBodyBytesInFlight: must be at least server.maxRequestBytes "
+            f"({server.max_request_bytes}), got {server.max_body_bytes_in_flight}"
+        )
     if bool(server.cert_file) != bool(server.key_file):
         raise ConfigError("server.certFile and server.keyFile: set both or neither")
     if server.port == server.health_port:
@@ -371,6 +407,11 @@ def load(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        # Where, not what: the bytes around it may be the license ID.
+        raise ConfigError(
+            f"{path}: not UTF-8 text (an undecodable byte at offset {exc.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per process (built in __main__, passed in)."""
+"""Prometheus metrics, one registry per process (built by the service, passed in)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ class Metrics:
             "image_proxy_webhook_pull_secret_operations",
             "Pull secret operations against the API server, by action and result.",
             ["action", "result"],
+            registry=r,
+        )
+
+        self.pull_secrets_healthy = Gauge(
+            "image_proxy_webhook_pull_secrets_healthy",
+            "1 when the last reconcile brought the pull secret current in every covered "
+            "namespace and the credentials could be read, else 0.",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "image_proxy_webhook_open_connections",
+            "Open connections to the webhook port (at most server.maxConnections).",
             registry=r,
         )
 

@@ -91,6 +91,23 @@ def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTem
     )
 
 
+def container_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
+    """How many containers the object's pod spec lists, counted without walking them
+    (a cap on it keeps the cost of a hostile object bounded)."""
+    if kind == "EphemeralContainers":
+        spec: Any = obj
+    elif kind == "Pod":
+        spec = obj.get("spec")
+    elif workloads and kind in WORKLOAD_TEMPLATES:
+        spec = _resolve(obj, f"{WORKLOAD_TEMPLATES[kind]}/spec")
+    else:
+        return 0
+    if not isinstance(spec, Mapping):
+        return 0
+    lists = (spec.get(name) for name in CONTAINER_LISTS)
+    return sum(len(containers) for containers in lists if isinstance(containers, list))
+
+
 def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate | None:
     """The pod spec of a Pod, an EphemeralContainers object or (if enabled) a workload."""
     if kind == "Pod":

@@ -100,6 +100,9 @@ class FlakySecrets:
             return f"pull secret {SECRET!r} could not be written in {namespace}: fake failure"
         return None
 
+    async def close(self) -> None:
+        pass
+
 
 def _settings(**extra: Any) -> config.Settings:
     base: dict[str, Any] = {
