@@ -304,26 +304,27 @@ async def tracked(
     still unwritten) and, while draining, answers with ``Connection: close``."""
     listener = request.app.get(LISTENER)
     connection = listener.connection_of(request.transport) if listener is not None else None
-    if listener is None or connection is None:  # served by another runner (tests)
-        return await handler(request)
-    connection.begin()
-    if request.content.is_eof():
-        connection.body_read()
+    if connection is not None:
+        connection.begin()
+        if request.content.is_eof():
+            connection.body_read()
     try:
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # 404, 405 from the router: answered the same way
             response = exc
         if not request.content.is_eof():
-            # the handler refused the request without reading its body: the rest of
-            # it must not be taken for the next request
+            # refused without reading the body: the rest of it must not be taken for
+            # the next request, and reading it would be the very cost refused
             response.force_close()
-        else:
+        elif connection is not None:
             connection.body_read()
-        if listener.draining:
+        if listener is not None and listener.draining:
             response.force_close()
-        await response.prepare(request)
-        await response.write_eof()
+        if connection is not None:
+            await response.prepare(request)
+            await response.write_eof()
         return response
     finally:
-        connection.end()
+        if connection is not None:
+            connection.end()

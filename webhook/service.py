@@ -90,7 +90,8 @@ async def _listen(
     try:
         await listener.start(runner, host, port, ssl_context=ssl_context)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
     stack.push_async_callback(listener.stop_accepting)
     return runner
 

@@ -65,8 +65,9 @@ async def serve(certs: tls.CertPaths) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def start(admitter: Admitter) -> str:
+        # auto_decompress off, as the service runs it: the parser never inflates a body
         server = TestServer(webhook_app(admitter), host="localhost")
-        await server.start_server(ssl=tls.server_context(certs))
+        await server.start_server(ssl=tls.server_context(certs), auto_decompress=False)
         servers.append(server)
         return f"https://localhost:{server.port}"
 
@@ -338,3 +339,149 @@ def test_text_log_lines_cannot_be_forged() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line
     assert line.endswith("web\\n2026-01-01 00:00:00 INFO forged: line: allowed uid=u\\r\\nx")
+
+
+# --- what a client can make one request cost ----------------------------------------
+
+
+async def raw_exchange(
+    base: str, head: str, context: ssl.SSLContext, body: bytes = b""
+) -> tuple[int, dict[str, str], Any]:
+    """Send a request head (and maybe part of its body) over TLS; read one answer."""
+    host, port = base.removeprefix("https://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=context, server_hostname=host
+    )
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answer = await reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split()[1]), headers, json.loads(answer)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+async def test_compressed_bodies_are_refused_before_the_body_is_read(
+    serve: Serve, client_ssl: ssl.SSLContext, encoding: str
+) -> None:
+    """The API server never compresses a review: 415 from the headers alone (the
+    body announced here is never sent, and the answer comes anyway)."""
+    base = await serve(Admitter(SETTINGS))
+    head = (
+        "POST /mutate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
+        f"Content-Encoding: {encoding}\nContent-Length: 5000000\n"
+    )
+    status, headers, answer = await raw_exchange(base, head, client_ssl)
+    assert status == 415
+    assert answer["error"] == (
+        f"Content-Encoding {encoding.lower()!r} is not accepted: the API server sends "
+        "uncompressed reviews"
+    )
+
+
+async def test_identity_encoding_is_accepted(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    base = await serve(Admitter(SETTINGS))
+    body = json.dumps(review(pod("nginx"))).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base}/mutate", data=body, ssl=client_ssl, headers={"Content-Encoding": "identity"}
+        ) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["response"]["allowed"] is True
+
+
+async def test_a_body_announced_too_large_is_refused_before_it_is_sent(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    base = await serve(Admitter(SETTINGS))
+    head = (
+        "POST /validate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
+        f"Content-Length: {MAX_BODY_BYTES + 1}\n"
+    )
+    status, headers, answer = await raw_exchange(base, head, client_ssl)
+    assert status == 413
+    assert answer["error"] == (
+        f"request body larger than {MAX_BODY_BYTES} bytes (server.maxRequestBytes)"
+    )
+
+
+async def test_more_containers_than_the_cap_is_a_400_that_names_it(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    capped = config.parse(
+        {"appSlug": "my-app", "licenseID": "l", "server": {"maxImagesPerObject": 3}}
+    )
+    resolver = StaticResolver({})
+    base = await serve(Admitter(capped, resolver=resolver))
+    status, answer = await post(
+        f"{base}/mutate", review(pod("a:1", "b:1", init=("c:1", "d:1"))), client_ssl
+    )
+    assert status == 400
+    assert answer["error"] == "the Pod lists 4 containers, more than server.maxImagesPerObject (3)"
+    assert resolver.asked == []  # refused before anything was probed
+    status, answer = await post(f"{base}/mutate", review(pod("a:1", "b:1", "c:1")), client_ssl)
+    assert status == 200
+
+
+class HeldResolver:
+    """Holds every admission until released (a registry that is slow to answer)."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.release = asyncio.Event()
+
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        self.waiting += 1
+        await self.release.wait()
+        return {key: Visibility.PUBLIC for key in wanted}
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("limits", "held"),
+    [
+        ({"maxAdmissionsInFlight": 2}, 2),
+        # two bodies of at most 4 KiB fit, a third does not
+        ({"maxRequestBytes": 4096, "maxBodyBytesInFlight": 8192}, 2),
+    ],
+)
+async def test_admissions_past_the_in_flight_cap_are_refused_at_once(
+    serve: Serve, client_ssl: ssl.SSLContext, limits: dict[str, int], held: int
+) -> None:
+    settings = config.parse({"appSlug": "my-app", "licenseID": "l", "server": limits})
+    resolver = HeldResolver()
+    base = await serve(Admitter(settings, resolver=resolver))
+    body = json.dumps(review(pod("gcr.io/x/y:1"))).encode()
+    body = body + b" " * (4000 - len(body))  # 4 000 bytes each
+    waiting = [asyncio.create_task(post(f"{base}/mutate", body, client_ssl)) for _ in range(held)]
+    await wait_for(lambda: resolver.waiting == held)
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/mutate", data=body, ssl=client_ssl) as response,
+    ):
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        error = (await response.json())["error"]
+    assert error.startswith("too many admissions in flight")
+    assert "server.maxAdmissionsInFlight" in error and "server.maxBodyBytesInFlight" in error
+
+    resolver.release.set()
+    for status, answer in await asyncio.gather(*waiting):
+        assert status == 200 and answer["response"]["allowed"] is True
+    status, answer = await post(f"{base}/mutate", body, client_ssl)  # room again
+    assert status == 200
