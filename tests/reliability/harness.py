@@ -133,11 +133,12 @@ def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rss_kib(pid: int | str = "self") -> int:
+def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident memory now, or at its peak so far with ``field="VmHWM"``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 async def eventually(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
