@@ -118,8 +118,9 @@ class ServerSettings:
     # Bounds on what one client can make the server hold (README "Failure behaviour").
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_images_per_object: int = 1000
+    max_json_values: int = 250_000
     max_admissions_in_flight: int = 256
-    max_body_bytes_in_flight: int = 16 * 1024 * 1024
+    max_body_bytes_in_flight: int = 8 * 1024 * 1024
     max_connections: int = 512
     tls_handshake_timeout_seconds: float = 5.0
     header_timeout_seconds: float = 5.0
@@ -357,8 +358,9 @@ def parse(data: object) -> Settings:
         shutdown_timeout_seconds=_positive(s, "shutdownTimeoutSeconds", 15.0),
         max_request_bytes=_count(s, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
         max_images_per_object=_count(s, "maxImagesPerObject", 1000),
+        max_json_values=_count(s, "maxJsonValues", 250_000),
         max_admissions_in_flight=_count(s, "maxAdmissionsInFlight", 256),
-        max_body_bytes_in_flight=_count(s, "maxBodyBytesInFlight", 16 * 1024 * 1024),
+        max_body_bytes_in_flight=_count(s, "maxBodyBytesInFlight", 8 * 1024 * 1024),
         max_connections=_count(s, "maxConnections", 512),
         tls_handshake_timeout_seconds=_positive(s, "tlsHandshakeTimeoutSeconds", 5.0),
         header_timeout_seconds=_positive(s, "headerTimeoutSeconds", 5.0),

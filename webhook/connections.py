@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         self._received = 0  # data_received calls so far
         self._read_up_to = 0  # ... of which belong to requests already read
         self._busy = 0  # requests being handled
+        self._refused = False  # answered without reading the body: aiohttp closes it
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -121,10 +122,15 @@ class Connection(asyncio.Protocol):
         """Every byte received so far belongs to requests already read."""
         self._read_up_to = self._received
 
+    def refused(self) -> None:
+        """Answered without reading the body: aiohttp reads the rest of it (for at most
+        its lingering time, so that the client sees the answer) and then closes."""
+        self._refused = True
+
     def end(self) -> None:
         """The handler's answer is written (into the transport's buffer)."""
         self._busy -= 1
-        if self._busy:
+        if self._busy or self._refused:
             return
         if self.idle:
             if self._owner.draining and self.transport is not None:
@@ -314,9 +320,11 @@ async def tracked(
         except web.HTTPException as exc:  # 404, 405 from the router: answered the same way
             response = exc
         if not request.content.is_eof():
-            # refused without reading the body: the rest of it must not be taken for
-            # the next request, and reading it would be the very cost refused
+            # refused without reading the body: aiohttp discards the rest of it (for
+            # at most its lingering time) and closes the connection after the answer
             response.force_close()
+            if connection is not None:
+                connection.refused()
         elif connection is not None:
             connection.body_read()
         if listener is not None and listener.draining:

@@ -30,7 +30,7 @@ def test_defaults() -> None:
     assert s.server.admission_deadline_seconds == 8
     assert s.server.max_request_bytes == 7 * 1024 * 1024
     assert (s.server.max_images_per_object, s.server.max_admissions_in_flight) == (1000, 256)
-    assert s.server.max_body_bytes_in_flight == 16 * 1024 * 1024
+    assert (s.server.max_json_values, s.server.max_body_bytes_in_flight) == (250_000, 8 << 20)
     assert s.server.max_connections == 512
     assert (s.server.tls_handshake_timeout_seconds, s.server.header_timeout_seconds) == (5, 5)
     assert s.server.idle_timeout_seconds == 60
