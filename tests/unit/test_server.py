@@ -346,7 +346,7 @@ def test_text_log_lines_cannot_be_forged() -> None:
 
 async def raw_exchange(
     base: str, head: str, context: ssl.SSLContext, body: bytes = b""
-) -> tuple[int, dict[str, str], Any]:
+) -> tuple[int, Any]:
     """Send a request head (and maybe part of its body) over TLS; read one answer."""
     host, port = base.removeprefix("https://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(
@@ -361,7 +361,7 @@ async def raw_exchange(
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
         answer = await reader.readexactly(int(headers["content-length"]))
-        return int(status_line.split()[1]), headers, json.loads(answer)
+        return int(status_line.split()[1]), json.loads(answer)
     finally:
         writer.close()
 
@@ -377,7 +377,7 @@ async def test_compressed_bodies_are_refused_before_the_body_is_read(
         "POST /mutate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
         f"Content-Encoding: {encoding}\nContent-Length: 5000000\n"
     )
-    status, headers, answer = await raw_exchange(base, head, client_ssl)
+    status, answer = await raw_exchange(base, head, client_ssl)
     assert status == 415
     assert answer["error"] == (
         f"Content-Encoding {encoding.lower()!r} is not accepted: the API server sends "
@@ -406,7 +406,7 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(
         "POST /validate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
         f"Content-Length: {MAX_BODY_BYTES + 1}\n"
     )
-    status, headers, answer = await raw_exchange(base, head, client_ssl)
+    status, answer = await raw_exchange(base, head, client_ssl)
     assert status == 413
     assert answer["error"] == (
         f"request body larger than {MAX_BODY_BYTES} bytes (server.maxRequestBytes)"
@@ -434,21 +434,20 @@ async def test_more_containers_than_the_cap_is_a_400_that_names_it(
 class HeldResolver:
     """Holds every admission until released (a registry that is slow to answer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.waiting = 0
+        self.expected = expected
+        self.all_waiting = asyncio.Event()  # ``expected`` admissions are held
         self.release = asyncio.Event()
 
     async def resolve_all(
         self, wanted: Mapping[Repository, ImageRef], timeout: float
     ) -> dict[Repository, Visibility]:
         self.waiting += 1
+        if self.waiting == self.expected:
+            self.all_waiting.set()
         await self.release.wait()
         return {key: Visibility.PUBLIC for key in wanted}
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -463,12 +462,12 @@ async def test_admissions_past_the_in_flight_cap_are_refused_at_once(
     serve: Serve, client_ssl: ssl.SSLContext, limits: dict[str, int], held: int
 ) -> None:
     settings = config.parse({"appSlug": "my-app", "licenseID": "l", "server": limits})
-    resolver = HeldResolver()
+    resolver = HeldResolver(held)
     base = await serve(Admitter(settings, resolver=resolver))
     body = json.dumps(review(pod("gcr.io/x/y:1"))).encode()
     body = body + b" " * (4000 - len(body))  # 4 000 bytes each
     waiting = [asyncio.create_task(post(f"{base}/mutate", body, client_ssl)) for _ in range(held)]
-    await wait_for(lambda: resolver.waiting == held)
+    await resolver.all_waiting.wait()
 
     async with (
         aiohttp.ClientSession() as session,
