@@ -356,12 +356,14 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], timeout: float = 60) -> tuple[int, str]:
+def run_cli(
+    args: list[str], timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """``python -m webhook ARGS`` to completion: (exit code, stdout and stderr)."""
     done = subprocess.run(
         [*cli(), *args],
         cwd=REPO,
-        env=server_env(),
+        env=server_env(env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=timeout,
