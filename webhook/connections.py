@@ -318,7 +318,7 @@ async def tracked(
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # 404, 405 from the router: answered the same way
-            response = exc
+            response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
         if not request.content.is_eof():
             # refused without reading the body: aiohttp discards the rest of it (for
             # at most its lingering time) and closes the connection after the answer

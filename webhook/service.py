@@ -125,7 +125,6 @@ async def _pull_secrets(
         metrics=metrics,
         webhook_namespace=webhook_namespace,
     )
-    metrics.pull_secrets_healthy.set_function(lambda: float(manager.healthy))
     stack.push_async_callback(manager.close)
     _background(stack, manager.run(), "pull-secrets")
     return manager
