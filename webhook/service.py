@@ -149,8 +149,9 @@ async def running(
     health = health or Health()
     server = settings.server
     async with contextlib.AsyncExitStack() as stack:
+        probes = Listener(server)
         await _listen(
-            stack, health_app(health, metrics), Listener(server), server.host, server.health_port
+            stack, health_app(health, metrics, probes), probes, server.host, server.health_port
         )
 
         paths = certificate(settings)
