@@ -30,7 +30,8 @@ _PATH = re.compile(
 )
 
 WEBHOOK_NAMESPACE_ENV = "POD_NAMESPACE"
-ALWAYS_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
+# Kubernetes' own namespaces: a webhook outage must never stop the cluster's own Pods.
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,7 @@ class Settings:
     registry_domain: str = "registry.replicated.com"
     pull_secret_name: str = ""
     namespaces: tuple[str, ...] = ()
+    exclude_namespaces: frozenset[str] = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
     mode: Mode = Mode.ONLINE
     airgap: AirgapSettings = field(default_factory=AirgapSettings)
     visibility: VisibilitySettings = field(default_factory=VisibilitySettings)
@@ -152,8 +154,9 @@ class Settings:
         return "*" in self.namespaces
 
     def covers(self, namespace: str, webhook_namespace: str = "") -> bool:
-        """Whether Pods in this namespace are mutated at all."""
-        if namespace in ALWAYS_EXCLUDED_NAMESPACES or (
+        """Whether Pods in this namespace are mutated at all: never the webhook's own
+        namespace nor an excluded one, even under ``namespaces: ["*"]``."""
+        if namespace in self.exclude_namespaces or (
             webhook_namespace and namespace == webhook_namespace
         ):
             return False
@@ -205,8 +208,8 @@ class _Section:
         except ValueError:
             raise ConfigError(f"{self.key(name)}: {raw!r} is not one of {choices}") from None
 
-    def strings(self, name: str) -> tuple[str, ...]:
-        values = self.get(name, list, [])
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        values = self.get(name, list, list(default))
         for index, value in enumerate(values):
             if not isinstance(value, str):
                 raise ConfigError(f"{self.key(name)}[{index}]: expected str, got {_kind(value)}")
@@ -285,6 +288,21 @@ def _overrides(section: _Section) -> tuple[Override, ...]:
     return tuple(result)
 
 
+def _excluded_namespaces(root: _Section, namespaces: tuple[str, ...]) -> frozenset[str]:
+    """excludeNamespaces: never covered, even by namespaces ["*"]; [] excludes none."""
+    excluded = root.strings("excludeNamespaces", DEFAULT_EXCLUDED_NAMESPACES)
+    for index, namespace in enumerate(excluded):
+        if not _DNS_LABEL.fullmatch(namespace):
+            raise ConfigError(f"excludeNamespaces[{index}]: {namespace!r} is not a namespace name")
+    for index, namespace in enumerate(namespaces):
+        if namespace in excluded:
+            raise ConfigError(
+                f"namespaces[{index}]: {namespace!r} is also in excludeNamespaces; "
+                "list it in one of them"
+            )
+    return frozenset(excluded)
+
+
 def parse(data: object) -> Settings:
     """Build Settings from the parsed YAML document; raise ConfigError on any bad value."""
     root = _Section(data, "")
@@ -306,6 +324,7 @@ def parse(data: object) -> Settings:
     for index, namespace in enumerate(namespaces):
         if namespace != "*" and not _DNS_LABEL.fullmatch(namespace):
             raise ConfigError(f"namespaces[{index}]: {namespace!r} is not a namespace name")
+    excluded = _excluded_namespaces(root, namespaces)
     mode = root.choice("mode", Mode, Mode.ONLINE, "online, airgap")
 
     a = root.section("airgap")
@@ -392,6 +411,7 @@ def parse(data: object) -> Settings:
         ).lower(),
         pull_secret_name=pull_secret_name,
         namespaces=namespaces,
+        exclude_namespaces=excluded,
         mode=mode,
         airgap=airgap,
         visibility=visibility,

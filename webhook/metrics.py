@@ -63,6 +63,19 @@ class Metrics:
             ["action", "result"],
             registry=r,
         )
+        # Requests answered without an AdmissionReview verdict (the API server then
+        # applies failurePolicy), and internal errors answered by the fallback rule.
+        self.admission_errors = Counter(
+            "image_proxy_webhook_admission_errors",
+            "Admission requests answered with an error, by endpoint and reason.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "image_proxy_webhook_serving_certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time).",
+            registry=r,
+        )
 
         self.pull_secrets_healthy = Gauge(
             "image_proxy_webhook_pull_secrets_healthy",
@@ -78,6 +91,9 @@ class Metrics:
 
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_size.set_function(size)
+
+    def track_certificate_expiry(self, not_after: Callable[[], float]) -> None:
+        self.certificate_expiry.set_function(not_after)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,13 +7,32 @@ cluster network. The probe therefore refuses (reason ``blocked-address``) any
 host that resolves into loopback, link-local, private, unique-local, CGNAT,
 unspecified or multicast space, unless ``probe.allowPrivateNetworks`` is set.
 
-The check is made on the address that is actually connected to:
-:class:`GuardedConnector` resolves the host (with a timeout), checks every
-address, and hands aiohttp only checked addresses. There is no second DNS
-lookup between check and connect, so DNS rebinding cannot slip an internal
-address in, and because every connection of the shared session goes through the
-connector, redirects and token realms are covered without any extra code at the
-call sites.
+An IP address counts in every spelling the C resolver accepts for it:
+``127.1``, ``0177.0.0.1``, ``0x7f.1`` and ``2130706433`` are 127.0.0.1 (as
+``inet_aton`` reads them), and an IPv6 address that embeds an IPv4 one (mapped
+``::ffff:a.b.c.d``, compatible ``::a.b.c.d``, translated ``::ffff:0:a.b.c.d``,
+NAT64 ``64:ff9b::a.b.c.d``, 6to4 ``2002:AABB:CCDD::``) is judged by the IPv4
+address it stands for.
+
+The guard sits in the probe's one session, through two public aiohttp hooks, so
+that every request of that session (registry, redirect, token realm) is checked
+without code at the call sites:
+
+- :class:`GuardedResolver`, the connector's resolver, resolves host names (with a
+  timeout) and checks every address before aiohttp connects to it. What it
+  returns is what aiohttp connects to: no second lookup between check and
+  connect, so DNS rebinding cannot slip an internal address in.
+- :class:`GuardMiddleware`, a client middleware, checks each request's target
+  before any connection: IP literals, which aiohttp never passes to a resolver,
+  and the target of a request sent through the egress proxy, which aiohttp never
+  resolves at all (the resolver then sees only the proxy's own name).
+
+The egress proxy is the admin's choice and may be on a private address. Through
+a proxy the guard still refuses a target that is an internal literal or a name
+that resolves *here* to an internal address; but the proxy resolves the name
+again on its own, and what it connects to cannot be seen from here. A name that
+does not resolve here (a cluster whose DNS knows only internal names) is left
+to the proxy.
 
 A host listed in ``probe.insecureRegistries`` is an explicit operator choice:
 such a host is reached over plain HTTP and allowed even when it resolves to a
@@ -25,19 +44,17 @@ port only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from webhook.config import ProbeSettings
-
-if TYPE_CHECKING:
-    from aiohttp.tracing import Trace
 
 BLOCKED_ADDRESS = "blocked-address"
 
@@ -77,6 +94,10 @@ _NEVER_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tup
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, but still an IPv4 in IPv6
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
+# One part of an inet_aton spelling: hex, octal (leading 0) or decimal.
+_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 
 class BlockedAddressError(OSError):
@@ -99,23 +120,61 @@ class DNSLookupError(OSError):
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for, if any (mapped, NAT64, 6to4)."""
+    """The IPv4 address an IPv6 address stands for, if any (mapped, compatible,
+    translated, NAT64, 6to4)."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.sixtofour is not None:
         return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
+def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in any spelling inet_aton (and so getaddrinfo) accepts.
+
+    One to four parts, each decimal, octal (leading ``0``) or hex (``0x``); the
+    last part fills the bytes left: ``127.1``, ``0177.0.0.1``, ``2130706433``.
+    """
+    parts = text.split(".")
+    if len(parts) > 4 or not all(_ATON_PART.fullmatch(part) for part in parts):
+        return None
+    *leading, last = (_aton_value(part) for part in parts)
+    if any(value > 0xFF for value in leading) or last >= 1 << (8 * (4 - len(leading))):
+        return None
+    number = last
+    for index, value in enumerate(leading):
+        number |= value << (8 * (3 - index))
+    return ipaddress.IPv4Address(number)
+
+
+def _aton_value(part: str) -> int:
+    if part[:2].lower() == "0x":
+        return int(part[2:], 16)
+    if part.startswith("0"):
+        return int(part, 8)
+    # eleven decimal digits are already too many; int() refuses 4,300 outright
+    return int(part) if len(part) <= 10 else 1 << 32
+
+
 def parse_address(text: str) -> IPAddress | None:
-    """An IP address from a literal or a getaddrinfo result (zone ids dropped)."""
-    text = text.strip("[]").partition("%")[0]
+    """The IP address a host means, in any spelling the resolver accepts (zone ids
+    dropped, brackets allowed); None for a name."""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        return None
+        return _inet_aton(text)
+
+
+def canonical_host(host: str) -> str:
+    """The host as compared with configured entries: an address in its usual
+    spelling (without brackets), a name in lower case without a trailing dot."""
+    address = parse_address(host)
+    return str(address) if address is not None else host.lower().rstrip(".")
 
 
 def address_blocked(address: IPAddress | str, *, allow_private_networks: bool = False) -> bool:
@@ -140,54 +199,109 @@ def host_port(host: str, port: int | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NetGuard:
-    """The probe's network policy, from ``ProbeSettings``."""
+    """The probe's network policy, from ``ProbeSettings`` and the egress proxies."""
 
     insecure_registries: frozenset[str] = frozenset()
     allow_private_networks: bool = False
     dns_timeout: float = 2.0
+    proxies: frozenset[str] = frozenset()  # host:port of each egress proxy
 
     @classmethod
-    def from_settings(cls, settings: ProbeSettings) -> NetGuard:
+    def from_settings(
+        cls, settings: ProbeSettings, proxies: Iterable[tuple[str, int]] = ()
+    ) -> NetGuard:
         return cls(
             insecure_registries=frozenset(
-                h.lower().rstrip(".") for h in settings.insecure_registries
+                _canonical_entry(entry) for entry in settings.insecure_registries
             ),
             allow_private_networks=settings.allow_private_networks,
             # below the probe's own timeout, so a lookup that hangs reports dns-error
             dns_timeout=settings.timeout_seconds * 0.75,
+            proxies=frozenset(host_port(canonical_host(h), p) for h, p in proxies),
         )
 
     def is_insecure(self, host: str, port: int | None = None) -> bool:
         """Whether the operator listed this host (any port) or this host:port."""
-        host = host.lower().rstrip(".")
+        host = canonical_host(host)
         if host_port(host, None) in self.insecure_registries or host in self.insecure_registries:
             return True
         return port is not None and host_port(host, port) in self.insecure_registries
 
-    def check(self, host: str, port: int | None, addresses: Iterable[str]) -> None:
+    def is_proxy(self, host: str, port: int | None) -> bool:
+        return port is not None and host_port(canonical_host(host), port) in self.proxies
+
+    def check(
+        self,
+        host: str,
+        port: int | None,
+        addresses: Iterable[IPAddress | str],
+        *,
+        may_be_proxy: bool = False,
+    ) -> None:
         """Raise BlockedAddressError unless every address may be connected to.
 
         One blocked address refuses the whole host: a public name that also
-        resolves into the cluster network is not something to half-trust.
+        resolves into the cluster network is not something to half-trust. A
+        listed host, and the egress proxy when the connection may be to it, are
+        the operator's explicit choice: private ranges are fine for them (the
+        never-ranges are not).
         """
-        # A listed host is the operator's explicit choice: private ranges are fine
-        # for it (the never-ranges are not).
-        allow_private = self.allow_private_networks or self.is_insecure(host, port)
+        allow_private = (
+            self.allow_private_networks
+            or self.is_insecure(host, port)
+            or (may_be_proxy and self.is_proxy(host, port))
+        )
         for address in addresses:
             if address_blocked(address, allow_private_networks=allow_private):
-                raise BlockedAddressError(host, address)
+                raise BlockedAddressError(host, str(address))
 
     async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+        self,
+        host: str,
+        port: int = 0,
+        family: socket.AddressFamily = socket.AF_UNSPEC,
+        *,
+        may_be_proxy: bool = False,
+        timeout: float | None = None,
     ) -> list[ResolveResult]:
         """Resolve with the event loop's getaddrinfo under a timeout, then check."""
         literal = parse_address(host)
         if literal is not None:
             results = [_result(host, str(literal), port, literal.version)]
         else:
-            results = await _getaddrinfo(host, port, family, self.dns_timeout)
-        self.check(host, port, (r["host"] for r in results))
+            timeout = self.dns_timeout if timeout is None else timeout
+            results = await _getaddrinfo(host, port, family, timeout)
+        self.check(host, port, (r["host"] for r in results), may_be_proxy=may_be_proxy)
         return results
+
+    async def check_target(self, host: str, port: int | None, *, proxied: bool) -> None:
+        """Refuse a request's target before any connection is made.
+
+        A literal is checked here. A name is left to the resolver at connect time
+        (one lookup, nothing to rebind), except when the connection goes to a proxy
+        instead, or the name is the proxy's own: then it is resolved here, briefly,
+        and refused if it resolves internally. A name that does not resolve here is
+        the proxy's to resolve.
+        """
+        literal = parse_address(host)
+        if literal is not None:
+            self.check(host, port, [literal])
+        elif proxied or self.is_proxy(host, port):
+            with contextlib.suppress(DNSLookupError):
+                await self.resolve(host, port or 0, timeout=self.dns_timeout / 3)
+
+
+def _canonical_entry(entry: str) -> str:
+    """An insecureRegistries entry as is_insecure compares it."""
+    host, port = _split_host_port(entry.strip())
+    return host_port(canonical_host(host), port)
+
+
+def _split_host_port(text: str) -> tuple[str, int | None]:
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit() and (host.endswith("]") or ":" not in host):
+        return host, int(port)
+    return text, None
 
 
 def _result(hostname: str, address: str, port: int, version: int) -> ResolveResult:
@@ -237,7 +351,11 @@ async def _getaddrinfo(
 
 
 class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that resolves with a timeout and applies the guard."""
+    """The connector's resolver: resolves names with a timeout and applies the guard.
+
+    It also resolves the egress proxy's name, which the operator chose: that may
+    be private. A target that names the proxy is refused by GuardMiddleware first.
+    """
 
     def __init__(self, guard: NetGuard) -> None:
         self.guard = guard
@@ -245,38 +363,24 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        return await self.guard.resolve(host, port, family)
+        return await self.guard.resolve(host, port, family, may_be_proxy=True)
 
     async def close(self) -> None:
         return None
 
 
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that connects only to addresses the guard allowed.
+class GuardMiddleware:
+    """A client middleware that checks each request's target (see check_target)."""
 
-    aiohttp sends host names through the resolver but skips it for IP literals,
-    so the check sits in ``_resolve_host``, which every new connection passes
-    through, for names and literals alike; what it returns is what aiohttp
-    connects to. Pooled connections were checked when they were opened.
-    """
-
-    def __init__(self, guard: NetGuard, **kwargs: Any) -> None:
-        kwargs.setdefault("resolver", GuardedResolver(guard))
-        super().__init__(**kwargs)
+    def __init__(self, guard: NetGuard) -> None:
         self.guard = guard
 
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        results = await super()._resolve_host(host, port, traces=traces)
-        self.guard.check(host, port, (r["host"] for r in results))
-        return results
-
-
-# If aiohttp ever renames the hook, fail loudly at import instead of silently
-# connecting anywhere (the integration tests would catch it as well).
-if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma: no cover
-    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: netguard needs a new hook")
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = request.url
+        await self.guard.check_target(
+            url.raw_host or "", url.port, proxied=request.proxy is not None
+        )
+        return await handler(request)
 
 
 def blocked_cause(exc: BaseException) -> BlockedAddressError | None:

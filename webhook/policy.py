@@ -1,4 +1,4 @@
-"""The rewrite decision (docs/design.md §1): a pure function of object, visibilities and settings."""
+"""The rewrite decision (docs/design.md §1): a pure function of object, visibilities, settings."""
 
 from __future__ import annotations
 

@@ -204,12 +204,12 @@ class PullSecrets:
     def _done(self, namespace: str, task: asyncio.Task[None]) -> None:
         self._inflight.pop(namespace, None)
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            if not isinstance(exc, ApiException):  # an error status is counted where it came
+                self._count("ensure", "timeout" if isinstance(exc, TimeoutError) else "unreachable")
             log.warning(
-                "pull secret %s in %s: %s",
-                self.settings.secret_name,
-                namespace,
-                _describe(task.exception() or Exception()),
+                "pull secret %s in %s: %s", self.settings.secret_name, namespace, _describe(exc)
             )
 
     async def _apply(self, namespace: str) -> None:

@@ -18,6 +18,8 @@ from the realm), 401/403 with the token
                                                         from a 503's Retry-After)
 timeout / DNS / TLS / connection error      unknown     timeout / dns-error /
                                                         tls-error / connection-error
+the egress proxy refuses the request or     unknown     proxy-error
+cannot be reached
 the registry host refused by netguard       internal    blocked-address
 (its redirect or token realm refused)       unknown     blocked-address
 plain-HTTP URL for a host not listed in     unknown     plain-http-refused
@@ -57,7 +59,16 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from webhook.config import ProbeSettings, Visibility
-from webhook.netguard import GuardedConnector, NetGuard, blocked_cause, dns_cause
+from webhook.egress import Egress
+from webhook.netguard import (
+    GuardedResolver,
+    GuardMiddleware,
+    NetGuard,
+    blocked_cause,
+    canonical_host,
+    dns_cause,
+    host_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +99,7 @@ TIMEOUT = "timeout"
 DNS_ERROR = "dns-error"
 TLS_ERROR = "tls-error"
 CONNECTION_ERROR = "connection-error"
+PROXY_ERROR = "proxy-error"
 SERVER_ERROR = "server-error"
 BAD_RESPONSE = "bad-response"
 INVALID_REFERENCE = "invalid-reference"
@@ -269,10 +281,11 @@ def registry_host(domain: str) -> str:
 def manifest_url(domain: str, path: str, reference: str, guard: NetGuard) -> URL:
     if not _SAFE_PATH.fullmatch(path) or not _SAFE_REFERENCE.fullmatch(reference):
         raise ValueError(f"not a repository path and reference: {path!r} {reference!r}")
-    host = registry_host(domain)
-    base = URL(f"http://{host}")  # only to split host and port
+    base = URL(f"http://{registry_host(domain)}")  # only to split host and port
     if base.host is None or base.path not in ("", "/") or base.query_string:
         raise ValueError(f"not a registry host: {domain!r}")
+    # "127.1" or "2130706433:5000" is the address it means: connect to that one
+    host = host_port(canonical_host(base.host), base.explicit_port)
     # a listed "host" or "host:80" makes a port-less registry plain HTTP
     scheme = "http" if guard.is_insecure(base.host, base.explicit_port or 80) else "https"
     return URL(f"{scheme}://{host}/v2/{path}/manifests/{reference}", encoded=True)
@@ -323,6 +336,8 @@ def _classify(response: _Response) -> ProbeResult:
 def _classify_exception(exc: BaseException) -> ProbeResult:
     if blocked_cause(exc) is not None:
         return _unknown(BLOCKED_ADDRESS)
+    if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError):
+        return _unknown(PROXY_ERROR)  # the egress proxy refused, or could not be reached
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it too
         return _unknown(TIMEOUT)
     if dns_cause(exc) is not None or isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -355,17 +370,26 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
 
 
 def make_session(
-    settings: ProbeSettings, *, ssl_context: ssl.SSLContext | None = None
+    settings: ProbeSettings,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    egress: Egress | None = None,
 ) -> aiohttp.ClientSession:
-    """The one shared probe session: guarded connector, explicit timeouts.
+    """The one shared probe session: the address guard, explicit timeouts.
 
     ``ssl_context`` replaces the system trust store (tests pass one that trusts
-    their CA). The environment's proxy settings are ignored on purpose: a proxy
-    would be the only address the guard ever saw. No cookies are kept.
+    their CA). ``egress`` (default: from the environment) names the proxies the
+    guard lets the session reach; RegistryClient picks the proxy of each
+    request. aiohttp's own reading of the environment stays off (``trust_env``):
+    it would also send credentials from ``~/.netrc``. No cookies are kept.
     """
+    egress = Egress.from_environ() if egress is None else egress
+    if egress.proxies:
+        log.info("registry probes go out through a proxy: %s", egress.describe())
+    guard = NetGuard.from_settings(settings, (p.endpoint for p in egress.proxies))
     seconds = settings.timeout_seconds
-    connector = GuardedConnector(
-        NetGuard.from_settings(settings),
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(guard),
         ssl=ssl_context if ssl_context is not None else True,
         limit=max(settings.max_concurrent * 2, 10),
         limit_per_host=max(settings.max_concurrent, 4),
@@ -373,6 +397,7 @@ def make_session(
     )
     return aiohttp.ClientSession(
         connector=connector,
+        middlewares=(GuardMiddleware(guard),),
         timeout=aiohttp.ClientTimeout(
             total=seconds, connect=seconds, sock_connect=seconds, sock_read=seconds
         ),
@@ -392,11 +417,13 @@ class RegistryClient:
         session: aiohttp.ClientSession,
         settings: ProbeSettings,
         *,
+        egress: Egress | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._settings = settings
         self._guard = NetGuard.from_settings(settings)
+        self._egress = Egress.from_environ() if egress is None else egress
         self._tokens: TLRUCache[tuple[str, str, str], _Token] = TLRUCache(
             maxsize=TOKEN_CACHE_SIZE,
             ttu=lambda _key, token, now: now + token.lifetime,
@@ -515,7 +542,8 @@ class RegistryClient:
 
         By hand so that every hop passes the plain-HTTP rule and an Authorization
         header never leaves the origin it was meant for; the address guard is in
-        the connector and sees every hop anyway.
+        the session and sees every hop anyway. Each hop picks its own egress proxy
+        (a redirect or token realm may be on a NO_PROXY host, or the reverse).
         """
         current = dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
@@ -525,9 +553,20 @@ class RegistryClient:
                 raise _Refused(_unknown(PLAIN_HTTP_REFUSED))
             if url.scheme not in ("http", "https"):
                 raise _Refused(_unknown(BAD_RESPONSE))
+            proxy = self._egress.proxy_for(url)
+            sent = current
+            if proxy is not None and url.scheme == "http":
+                # aiohttp puts proxy_headers on a CONNECT only; a plain-HTTP request
+                # goes to the proxy itself, so its credentials go in the request
+                sent = current | dict(proxy.headers)
             try:
                 async with self._session.request(
-                    method, url, headers=current, allow_redirects=False
+                    method,
+                    url,
+                    headers=sent,
+                    allow_redirects=False,
+                    proxy=None if proxy is None else proxy.url,
+                    proxy_headers=None if proxy is None else proxy.headers,
                 ) as response:
                     location = response.headers.get("Location")
                     if response.status in _REDIRECTS and location:

@@ -122,6 +122,7 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Respon
         settings = admitter.settings.server
         refusal = _refusal(request, settings)
         if refusal is not None:
+            _count_error(admitter, endpoint, "encoding" if refusal.status == 415 else "too-large")
             return refusal
         gate = request.app[GATE]
         size = request.content_length
@@ -130,6 +131,7 @@ def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Respon
             log.warning(
                 "%s: refused a request from %s: too many in flight", endpoint, request.remote
             )
+            _count_error(admitter, endpoint, "overloaded")
             return _error(
                 503,
                 f"too many admissions in flight (at most {gate.max_count}, "
@@ -156,26 +158,31 @@ async def _answer(request: web.Request, admitter: Admitter, endpoint: Endpoint) 
             async with asyncio.timeout(deadline):
                 body = await request.read()
     except TimeoutError:
+        _count_error(admitter, endpoint, "body-timeout")
         return _error(408, f"request body not received within {deadline:g}s")
     except web.HTTPRequestEntityTooLarge:
+        _count_error(admitter, endpoint, "too-large")
         return _error(413, _too_large(admitter.settings.server))
     cap = admitter.settings.server.max_json_values
-    # Decoding cost is in the arrays and objects (each a tracked Python object): count
-    # them first, cheaply, and from above (a bracket inside a string counts too).
-    if body.count(b"{") + body.count(b"[") > cap:
-        return _error(
-            400,
-            f"request body holds more than {cap} JSON objects and arrays (server.maxJsonValues)",
-        )
+    if _json_values(body) > cap:
+        _count_error(admitter, endpoint, "bad-request")
+        return _error(400, f"request body holds more than {cap} JSON values (server.maxJsonValues)")
     try:
         outcome = await admitter.admit(body, endpoint)
     except review.ReviewError as exc:
         log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
+        _count_error(admitter, endpoint, "bad-request")
         return _error(400, str(exc))
     except Exception:
         log.exception("%s: unexpected error answering an admission request", endpoint)
+        _count_error(admitter, endpoint, "internal-error")
         return _internal_error_answer(body, endpoint)
     return web.Response(body=review.encode(outcome.answer), content_type=JSON)
+
+
+def _count_error(admitter: Admitter, endpoint: Endpoint, reason: str) -> None:
+    if admitter.metrics is not None:
+        admitter.metrics.admission_errors.labels(endpoint, reason).inc()
 
 
 def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:

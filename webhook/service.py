@@ -158,6 +158,7 @@ async def running(
         context = tls.server_context(paths)
         reloader = tls.CertificateReloader(context, paths, reload_interval)
         health.checks["certificate"] = lambda: reloader.healthy
+        metrics.track_certificate_expiry(lambda: reloader.not_after)
         _background(stack, reloader.run(), "certificate-reload")
 
         webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")

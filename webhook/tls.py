@@ -49,6 +49,12 @@ def server_context(paths: CertPaths) -> ssl.SSLContext:
     return context
 
 
+def not_after(cert_file: Path) -> float:
+    """When the (first) certificate in the file expires, in Unix seconds."""
+    certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return certificate.not_valid_after_utc.timestamp()
+
+
 def _fingerprint(paths: CertPaths) -> bytes:
     digest = hashlib.sha256()
     for path in (paths.cert_file, paths.key_file):
@@ -81,6 +87,7 @@ class CertificateReloader:
         self.healthy = True
         self.reloads = 0
         self._fingerprint = _fingerprint(paths)
+        self.not_after = not_after(paths.cert_file)  # of the certificate being served
         context.sni_callback = self._select
 
     def _select(
@@ -104,7 +111,8 @@ class CertificateReloader:
             # During a rotation the certificate may be written before its key: the
             # new context refuses a mismatched pair and the current one stays.
             fresh = server_context(self.paths)
-        except (OSError, ssl.SSLError) as exc:
+            expires = not_after(self.paths.cert_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             self.healthy = False
             log.warning(
                 "certificate reload from %s failed, keeping the current one: %s",
@@ -114,6 +122,7 @@ class CertificateReloader:
             return False
         self.current = fresh
         self._fingerprint = fingerprint
+        self.not_after = expires
         self.healthy = True
         self.reloads += 1
         log.info("loaded a new serving certificate from %s", self.paths.cert_file)

@@ -112,7 +112,10 @@ def permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def container(rendered: Rendered) -> dict[str, Any]:
-    [only] = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = rendered.one("Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    [only] = containers
     return only
 
 
@@ -172,6 +175,8 @@ def test_matrix_covers_the_issue() -> None:
     assert {v.get("validatingWebhook", {}).get("enabled", False) for v in values} == {True, False}
     assert {v.get("mutateWorkloads", False) for v in values} == {True, False}
     assert any(v.get("namespaces") == ["*"] for v in values)
+    assert any("excludeNamespaces" in v for v in values)
+    assert any(v.get("webhook", {}).get("matchConditions") == "disabled" for v in values)
     assert any(v.get("webhook", {}).get("url") for v in values)
 
 
@@ -207,12 +212,22 @@ def test_documents_are_valid_kubernetes(case: Rendered, kubernetes_validate: Mod
         },
         "Issuer": {"selfSigned", "ca"},
     }
+    # The Prometheus Operator's kinds: only the fields the chart sets.
+    monitoring_spec_keys = {
+        "ServiceMonitor": {"selector", "namespaceSelector", "endpoints"},
+        "PrometheusRule": {"groups"},
+    }
     for path, doc in case.documents:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "rel", path
         assert labels["app.kubernetes.io/name"] == "image-proxy-webhook", path
         if doc["apiVersion"] == "cert-manager.io/v1":  # no schema in kubernetes-validate
             assert set(doc["spec"]) <= cert_manager_spec_keys[doc["kind"]], path
+            continue
+        # kubernetes-validate has no schema for monitoring.coreos.com CRDs; the
+        # PrometheusRule's rules are checked by promtool in test_alerts.py.
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            assert set(doc["spec"]) <= monitoring_spec_keys[doc["kind"]], path
             continue
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
@@ -224,6 +239,7 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
 
     assert settings.app_slug == v["appSlug"]
     assert settings.namespaces == tuple(v["namespaces"] or [v["appSlug"]])
+    assert settings.exclude_namespaces == set(v["excludeNamespaces"])
     assert settings.mode.value == v["mode"]
     assert settings.proxy_domain == v["proxyDomain"]
     assert settings.registry_domain == v["registryDomain"]
@@ -341,12 +357,17 @@ def test_webhook_configurations(case: Rendered) -> None:
             assert "reinvocationPolicy" not in hook
 
         selector = hook["namespaceSelector"]
-        for namespace in (NAMESPACE, "kube-system"):
+        for namespace in (NAMESPACE, *v["excludeNamespaces"]):
             assert not selects(selector, {NAME_LABEL: namespace}), namespace
         for namespace in covered:
             if namespace != "*":
                 assert selects(selector, {NAME_LABEL: namespace}), namespace
         assert selects(selector, {NAME_LABEL: "unrelated"}) is (covered == ["*"])
+
+        # The matrix renders for Kubernetes 1.30, which has matchConditions.
+        conditions = [c["name"] for c in hook.get("matchConditions", [])]
+        enabled = v["webhook"]["matchConditions"] != "disabled"
+        assert conditions == (MATCH_CONDITION_NAMES if enabled else [])
 
         objects = hook.get("objectSelector", {})
         assert selects(objects, {}) and selects(objects, {OPT_OUT: "false"})
@@ -590,6 +611,90 @@ def test_policy_renders_only_with_the_api(
         assert selects(selector, {NAME_LABEL: "my-app"})
 
 
+MATCH_CONDITION_NAMES = ["not-a-mirror-pod", "changes-an-image"]
+WITH_VALIDATING = merged(BASE, {"validatingWebhook": {"enabled": True}, "mutateWorkloads": True})
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "setting", "expected"),
+    [
+        ("1.27.0", "auto", False),  # no matchConditions on this API server
+        ("1.28.0", "auto", True),  # beta, on by default
+        ("1.28.5-eks-5e0fdde", "auto", True),  # a provider's build of 1.28
+        ("1.27.16-gke.1287000", "auto", False),
+        ("1.30.0", "auto", True),  # GA
+        ("1.27.0", "enabled", True),  # e.g. 1.27 with the feature gate on
+        ("1.30.0", "disabled", False),
+    ],
+)
+def test_match_conditions_render_only_where_the_cluster_has_them(
+    render: RenderFn,
+    kubernetes_validate: ModuleType,
+    kube_version: str,
+    setting: str,
+    expected: bool,
+) -> None:
+    values = merged(WITH_VALIDATING, {"webhook": {"matchConditions": setting}})
+    rendered = render(values, kube_version=kube_version)
+    hooks = webhooks(rendered)
+    assert [kind for kind, _, _ in hooks] == [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ]
+    for _, configuration, hook in hooks:
+        if expected:
+            names = [condition["name"] for condition in hook["matchConditions"]]
+            assert names == MATCH_CONDITION_NAMES
+        else:
+            assert "matchConditions" not in hook
+        schema_version = ".".join(kube_version.split(".")[:2]) + ".0"
+        kubernetes_validate.validate(configuration, schema_version, strict=True)
+    # Both webhooks skip the same requests: what the server would leave alone.
+    if expected:
+        assert hooks[0][2]["matchConditions"] == hooks[1][2]["matchConditions"]
+
+
+@pytest.mark.parametrize(
+    ("values", "covered", "not_covered"),
+    [
+        (
+            merged(BASE, {"namespaces": ["*"]}),
+            {"default", "my-app"},
+            {NAMESPACE, "kube-system", "kube-public", "kube-node-lease"},
+        ),
+        (
+            merged(BASE, {"namespaces": ["*"], "excludeNamespaces": ["monitoring"]}),
+            {"default", "kube-system"},
+            {NAMESPACE, "monitoring"},
+        ),
+        (
+            merged(BASE, {"namespaces": ["*"], "excludeNamespaces": []}),
+            {"kube-system", "kube-public"},
+            {NAMESPACE},
+        ),
+        (
+            merged(BASE, {"namespaces": ["my-app", "kube-system"], "excludeNamespaces": []}),
+            {"my-app", "kube-system"},
+            {NAMESPACE, "default", "kube-public"},
+        ),
+    ],
+    ids=["default", "own-list", "none", "listed"],
+)
+def test_excluded_namespaces(
+    render: RenderFn, values: dict[str, Any], covered: set[str], not_covered: set[str]
+) -> None:
+    rendered = render(merged(values, {"validatingWebhook": {"enabled": True}}))
+    settings = server_config.parse(yaml.safe_load(rendered.config_text))
+    selectors = [hook["namespaceSelector"] for _, _, hook in webhooks(rendered)]
+    assert len(selectors) == 2
+    for namespace in covered | not_covered:
+        expected = namespace in covered
+        # The API server and the server agree on every namespace.
+        assert settings.covers(namespace, NAMESPACE) is expected, namespace
+        for selector in selectors:
+            assert selects(selector, {NAME_LABEL: namespace}) is expected, namespace
+
+
 @pytest.mark.parametrize(
     ("kube_version", "pre_stop"),
     [
@@ -629,6 +734,9 @@ def test_pre_stop_pause_fits_the_cluster(
             "validationActions",
         ),
         ({"airgap": {"registry": "https://registry.local"}}, "/airgap/registry"),
+        ({"excludeNamespaces": ["*"]}, "/excludeNamespaces/0"),
+        ({"excludeNamespaces": "kube-system"}, "/excludeNamespaces"),
+        ({"webhook": {"matchConditions": True}}, "/webhook/matchConditions"),
     ],
 )
 def test_schema_rejects(
@@ -659,7 +767,15 @@ def test_schema_rejects(
         ({"tls": {"mode": "existingSecret", "existingSecret": "x"}}, "tls.caBundle is required"),
         ({"tls": {"mode": "existingSecret", "caBundle": "x"}}, "tls.existingSecret is required"),
         ({"namespaces": [NAMESPACE]}, "is never mutated"),
-        ({"namespaces": ["kube-system"]}, "is never mutated"),
+        (
+            {"namespaces": ["kube-system"]},
+            'namespaces: "kube-system" is also in excludeNamespaces; list it in one of them',
+        ),
+        (
+            {"namespaces": ["tools"], "excludeNamespaces": ["tools"]},
+            'namespaces: "tools" is also in excludeNamespaces',
+        ),
+        ({"excludeNamespaces": None}, "excludeNamespaces must be a list"),
         ({"namespaces": ["*", "my-app"]}, "list it alone"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The Helm chart installed with real Helm into the end-to-end kube-apiserver (issue 5).
+"""The Helm chart installed with real Helm into the end-to-end kube-apiserver.
 
 Helm v4 (helm-python-sdk) installs the chart into the real API server: every object
 is stored, nothing runs (there is no kubelet). The webhook then runs locally the way

@@ -1,4 +1,4 @@
-"""The chart's RBAC grants what the code uses and nothing more (issue 7, item 6).
+"""The chart's RBAC grants what the code uses and nothing more.
 
 The chart is installed with real Helm into a kube-apiserver of its own that writes
 an audit log of every request made by a ServiceAccount. The webhook's pull-secret

@@ -22,6 +22,7 @@ from registries import (
 )
 
 from webhook.config import ProbeSettings
+from webhook.egress import Egress
 from webhook.registry import RegistryClient, make_session
 
 PUSH_USERS = {"pusher": "push-secret"}
@@ -114,7 +115,8 @@ ClientFactory = Callable[..., Awaitable[RegistryClient]]
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[ClientFactory]:
-    """``await make_client(insecure=[...], allow_private=..., timeout=..., ssl_context=...)``.
+    """``await make_client(insecure=[...], allow_private=..., timeout=..., ssl_context=...,
+    egress=...)``.
 
     Each client has its own session (closed at teardown), like the one per process
     the webhook runs.
@@ -128,6 +130,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
         timeout: float = 3.0,
         ssl_context: Any = None,
         max_concurrent: int = 8,
+        egress: Egress | None = None,
         **client_options: Any,
     ) -> RegistryClient:
         settings = ProbeSettings(
@@ -136,9 +139,10 @@ async def make_client() -> AsyncIterator[ClientFactory]:
             allow_private_networks=allow_private,
             max_concurrent=max_concurrent,
         )
-        session = make_session(settings, ssl_context=ssl_context)
+        egress = egress or Egress()  # no proxy unless a test names one, whatever the env says
+        session = make_session(settings, ssl_context=ssl_context, egress=egress)
         sessions.append(session)
-        return RegistryClient(session, settings, **client_options)
+        return RegistryClient(session, settings, egress=egress, **client_options)
 
     yield factory
     for session in sessions:

@@ -74,20 +74,25 @@ def registry_binary() -> str | None:
     )
 
 
-def require_registry_binary() -> str:
-    """The binary; otherwise skip the test (fail it when CI=true, where nothing may skip)."""
+def require_binary(name: str, package: str) -> str:
+    """A system tool's path; otherwise skip the test (fail it when CI=true, where
+    nothing may skip)."""
     import pytest
 
-    binary = registry_binary()
+    binary = shutil.which(name) or (
+        f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None
+    )
     if binary is None:
-        message = (
-            "docker-registry (CNCF distribution) is not installed: "
-            "apt-get install -y docker-registry"
-        )
+        message = f"{name} is not installed: apt-get install -y {package}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return binary
+
+
+def require_registry_binary() -> str:
+    """The CNCF distribution registry (Debian's docker-registry)."""
+    return require_binary(REGISTRY_BINARY, "docker-registry")
 
 
 # --- addresses -----------------------------------------------------------------

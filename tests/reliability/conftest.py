@@ -1,4 +1,4 @@
-"""Reliability and security suite (issue 7): fuzzing, registry faults under load, soak,
+"""Reliability and security suite: fuzzing, registry faults under load, soak,
 graceful shutdown, secret hygiene.
 
 Everything here runs in the full suite. ``-m "not slow"`` skips the long ones (soak,

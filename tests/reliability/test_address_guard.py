@@ -8,11 +8,13 @@ address table in tests/unit/test_netguard.py.
 Added here, each with a listener on the loopback target that must never see a
 connection:
 
-- the other spellings of an internal address, as an image's registry, as a
-  redirect target and as a token realm: ``127.1``, decimal ``2130706433``, hex
-  ``0x7f000001``, octal ``0177.0.0.1``, trailing dots, ``0.0.0.0`` (the local
-  host on Linux), ``[::1]``, IPv4-mapped and NAT64/6to4 IPv6 forms, link-local
-  (cloud metadata), private and CGNAT ranges, unique-local IPv6;
+- the other spellings of an internal address, as an image's registry (which
+  is then "internal", the customer's own), as a redirect target and as a token
+  realm: ``127.1``, decimal ``2130706433``, hex ``0x7f000001``, octal
+  ``0177.0.0.1``, trailing dots, ``0.0.0.0`` (the local host on Linux),
+  ``[::1]``, IPv4-mapped, -compatible and -translated, NAT64 and 6to4 IPv6
+  forms, link-local (cloud metadata), private and CGNAT ranges, unique-local
+  IPv6;
 - a token realm that redirects into a blocked address;
 - a redirect chain whose second hop turns inward;
 - an insecure-registry entry with a port allows that port only: a redirect to
@@ -111,18 +113,24 @@ async def probe(insecure: list[str], image: str) -> ProbeResult:
         await session.close()
 
 
-# Spellings that reach this machine's loopback listener, and why each is refused:
-# the guard ("blocked-address"); yarl, which refuses a non-canonical IPv4 literal
-# outright (aiohttp's InvalidURL: "bad-response"); a trailing-dot name that the
-# sandbox's resolver does not know ("dns-error"; where it resolves, the guard refuses).
+# Spellings of this machine's loopback, each refused by the guard as the address
+# it means, before any connection: short, decimal, octal and hex IPv4 as
+# inet_aton reads them, and the IPv6 forms embedding 127.0.0.1. A trailing-dot
+# name is one the sandbox's resolver may not know ("dns-error"; where it
+# resolves, the guard refuses it), and yarl refuses "127.0.0.1." outright.
 SPELLINGS: list[tuple[str, set[str]]] = [
-    ("127.1:{port}", {"bad-response"}),
-    ("2130706433:{port}", {"bad-response"}),
-    ("0177.0.0.1:{port}", {"bad-response"}),
-    ("0x7f000001:{port}", {"blocked-address"}),  # a name to yarl, 127.0.0.1 to getaddrinfo
+    ("127.1:{port}", {"blocked-address"}),
+    ("2130706433:{port}", {"blocked-address"}),
+    ("0177.0.0.1:{port}", {"blocked-address"}),
+    ("0x7f000001:{port}", {"blocked-address"}),
+    ("0x7f.1:{port}", {"blocked-address"}),
     ("0.0.0.0:{port}", {"blocked-address"}),
     ("[::ffff:127.0.0.1]:{port}", {"blocked-address"}),
     ("[::ffff:7f00:1]:{port}", {"blocked-address"}),
+    ("[::127.0.0.1]:{port}", {"blocked-address"}),  # IPv4-compatible
+    ("[::7f00:1]:{port}", {"blocked-address"}),
+    ("[::ffff:0:127.0.0.1]:{port}", {"blocked-address"}),  # IPv4-translated
+    ("[::ffff:0:7f00:1]:{port}", {"blocked-address"}),
     ("[64:ff9b::7f00:1]:{port}", {"blocked-address"}),  # NAT64 of 127.0.0.1
     ("[2002:7f00:1::]:{port}", {"blocked-address"}),  # 6to4 of 127.0.0.1
     ("127.0.0.1.:{port}", {"bad-response", "blocked-address"}),
@@ -175,6 +183,23 @@ async def test_image_registries_spelled_as_internal_addresses(world: dict[str, A
         internal = result.reason == "blocked-address"
         expected = Visibility.INTERNAL if internal else Visibility.UNKNOWN
         assert result.visibility is expected and result.reason in reasons, (image, result)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "0177.0.0.1", "2130706433", "[::127.0.0.1]", "[::ffff:0:127.0.0.1]"]
+)
+async def test_a_registry_on_loopback_in_any_spelling_is_internal(
+    world: dict[str, Any], host: str
+) -> None:
+    """The address it means, not "unknown": so onProbeFailure never sends it to the proxy."""
+    registry_client, session = await client([])
+    try:
+        # the registry domain as an image would carry it (the grammar may refuse the
+        # dotted IPv6 forms in an image; they still arrive as redirects and realms)
+        result = await registry_client.probe(f"{host}:{world['v4'].port}", "team/app", "v1")
+    finally:
+        await session.close()
+    assert result == ProbeResult(Visibility.INTERNAL, "blocked-address")
 
 
 async def test_redirects_to_internal_addresses(world: dict[str, Any]) -> None:

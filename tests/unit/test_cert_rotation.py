@@ -1,4 +1,4 @@
-"""Certificate rotation under a running server (issue 5).
+"""Certificate rotation under a running server.
 
 The server is the whole service (``service.running``) serving from certificate
 files in a temporary directory laid out like a mounted Secret: ``tls.crt`` and

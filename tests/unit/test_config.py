@@ -19,6 +19,7 @@ def test_defaults() -> None:
     assert s.registry_domain == "registry.replicated.com"
     assert s.secret_name == "my-app-registry"
     assert s.namespaces == ("my-app",)
+    assert s.exclude_namespaces == {"kube-system", "kube-public", "kube-node-lease"}
     assert s.mode is Mode.ONLINE
     assert s.visibility.on_probe_failure is OnProbeFailure.PROXY
     assert s.visibility.ttl_seconds == 3600
@@ -73,6 +74,24 @@ def test_first_matching_override_wins() -> None:
         ({"namespaces": "my-app"}, "namespaces: expected list, got str ('my-app')"),
         ({"namespaces": ["Bad NS"]}, "namespaces[0]: 'Bad NS' is not a namespace name"),
         ({"namespaces": [3]}, "namespaces[0]: expected str, got int"),
+        (
+            {"excludeNamespaces": "kube-system"},
+            "excludeNamespaces: expected list, got str ('kube-system')",
+        ),
+        (
+            {"excludeNamespaces": ["kube-system", "Bad NS"]},
+            "excludeNamespaces[1]: 'Bad NS' is not a namespace name",
+        ),
+        ({"excludeNamespaces": ["*"]}, "excludeNamespaces[0]: '*' is not a namespace name"),
+        ({"excludeNamespaces": [None]}, "excludeNamespaces[0]: expected str, got NoneType"),
+        (
+            {"namespaces": ["my-app", "kube-public"]},
+            "namespaces[1]: 'kube-public' is also in excludeNamespaces; list it in one of them",
+        ),
+        (
+            {"namespaces": ["tools"], "excludeNamespaces": ["tools"]},
+            "namespaces[0]: 'tools' is also in excludeNamespaces; list it in one of them",
+        ),
         ({"proxyDomain": "https://proxy"}, "proxyDomain: 'https://proxy' is not a registry host"),
         ({"pullSecretName": "Bad_Name"}, "pullSecretName: 'Bad_Name' is not a valid Secret name"),
         ({"visibility": {"ttlSeconds": 0}}, "visibility.ttlSeconds: must be greater than 0, got 0"),
@@ -127,6 +146,39 @@ def test_bad_values(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         config.parse(data)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("changes", "covered", "not_covered"),
+    [
+        # The default: Kubernetes' own namespaces stay out of ["*"].
+        (
+            {"namespaces": ["*"]},
+            {"my-app", "default", "kube-systems"},
+            {"kube-system", "kube-public", "kube-node-lease", "webhook-ns"},
+        ),
+        # An explicit list replaces the default; [] excludes nothing but the webhook's own.
+        (
+            {"namespaces": ["*"], "excludeNamespaces": ["batch"]},
+            {"my-app", "kube-system", "kube-public"},
+            {"batch", "webhook-ns"},
+        ),
+        ({"namespaces": ["*"], "excludeNamespaces": []}, {"kube-system"}, {"webhook-ns"}),
+        # A null key keeps the default, as for every other key.
+        ({"namespaces": ["*"], "excludeNamespaces": None}, {"default"}, {"kube-node-lease"}),
+        # Listed namespaces: only those, and kube-system once it is no longer excluded.
+        (
+            {"namespaces": ["my-app", "kube-system"], "excludeNamespaces": []},
+            {"my-app", "kube-system"},
+            {"default", "kube-public", "webhook-ns"},
+        ),
+    ],
+)
+def test_namespace_coverage(
+    changes: dict[str, Any], covered: set[str], not_covered: set[str]
+) -> None:
+    s = config.parse({**MINIMAL, **changes})
+    assert {n for n in covered | not_covered if s.covers(n, "webhook-ns")} == covered
 
 
 def test_not_a_mapping() -> None:
