@@ -3,10 +3,11 @@
 The real server (``python -m webhook serve``, default limits) gets, concurrently and
 in rounds, the worst bodies it still answers: an UPDATE whose object and oldObject
 list ``server.maxImagesPerObject`` private images each (every one rewritten) and
-fill ``server.maxRequestBytes``; and a body of the same size that is the costliest
-JSON to decode (millions of empty arrays). Beside them, one normal admission at a
-time. What must hold: the server's peak RSS stays below the chart's memory limit,
-every worst request gets a 200 or a quick 503 (in-flight bytes), nothing else, and
+fill ``server.maxRequestBytes``; a body of the same size that is the costliest JSON
+to decode (as many empty arrays as accepted); and one with as many short strings as
+accepted (the most memory per value). Beside them, one normal admission at a time.
+What must hold: the server's peak RSS stays below the chart's memory limit, every
+worst request gets a 200 or a quick 503 (in-flight bytes), nothing else, and
 every normal admission is answered before the admission deadline. The figures are
 printed (``-s``); speed belongs in bench/, the asserts are the contract's bounds.
 """
@@ -33,7 +34,7 @@ DEADLINE = ServerSettings().admission_deadline_seconds
 MAX_IMAGES = ServerSettings().max_images_per_object
 MAX_JSON_VALUES = ServerSettings().max_json_values
 ROUNDS = 3
-WORST_AT_ONCE = 6
+WORST_AT_ONCE = 6  # two of each
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +60,24 @@ def most_images() -> bytes:
 
 
 def costliest_json() -> bytes:
-    """As many values as are accepted, all empty arrays (the costliest to decode), the
-    rest of the size limit in one string."""
+    """As many empty arrays (the costliest values to decode) as are accepted, the rest
+    of the size limit in one string."""
     data = review(pod("quay.io/my-org/api:v1"))
     spec = data["request"]["object"]["spec"]
-    spec["arrays"] = [[]] * (MAX_JSON_VALUES - 200)
+    # each empty array counts twice (its comma and its bracket): half the cap
+    spec["arrays"] = [[]] * (MAX_JSON_VALUES // 2 - 200)
+    spec["padding"] = ""
+    unpadded = len(json.dumps(data, separators=(",", ":")).encode())
+    spec["padding"] = "x" * (DEFAULT_MAX_REQUEST_BYTES - unpadded - 64)
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def most_values() -> bytes:
+    """As many short strings as are accepted (the most memory per value), the rest of
+    the size limit in one string."""
+    data = review(pod("quay.io/my-org/api:v1"))
+    spec = data["request"]["object"]["spec"]
+    spec["strings"] = [f"{i % 1000:03d}" for i in range(MAX_JSON_VALUES - 200)]
     spec["padding"] = ""
     unpadded = len(json.dumps(data, separators=(",", ":")).encode())
     spec["padding"] = "x" * (DEFAULT_MAX_REQUEST_BYTES - unpadded - 64)
@@ -97,7 +111,7 @@ async def test_the_worst_accepted_reviews_stay_within_memory_and_the_deadline(
     server = ServerProcess(config, tmp_path / "server.log", log_level="WARNING").start()
     context = ssl.create_default_context(cafile=str(certs.ca_file))
     url = f"https://localhost:{server.port}/mutate"
-    worst = [most_images(), costliest_json()]
+    worst = [most_images(), costliest_json(), most_values()]
     normal = json.dumps(review(pod("nginx:1.25", "quay.io/my-org/api:v1"))).encode()
     statuses: Counter[int] = Counter()
     normal_seconds: list[float] = []
@@ -111,7 +125,7 @@ async def test_the_worst_accepted_reviews_stay_within_memory_and_the_deadline(
             baseline = rss_kib(server.pid)
             for _round in range(ROUNDS):
                 attack = [
-                    asyncio.create_task(post(session, url, worst[i % 2], context))
+                    asyncio.create_task(post(session, url, worst[i % len(worst)], context))
                     for i in range(WORST_AT_ONCE)
                 ]
                 while not all(task.done() for task in attack):
@@ -132,7 +146,7 @@ async def test_the_worst_accepted_reviews_stay_within_memory_and_the_deadline(
         server.kill()
     normal_seconds.sort()
     print(
-        f"\nbodies {len(worst[0]) // 1024} KiB and {len(worst[1]) // 1024} KiB, {WORST_AT_ONCE} "
+        f"\nbodies of {[len(body) // 1024 for body in worst]} KiB, {WORST_AT_ONCE} "
         f"at once x {ROUNDS} rounds: answers {dict(statuses)}; worst answered in "
         f"{min(worst_seconds):.2f}-{max(worst_seconds):.2f}s; RSS {baseline // 1024} MiB "
         f"after warm-up, peak {peak // 1024} MiB; {len(normal_seconds)} normal admissions "
