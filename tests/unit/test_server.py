@@ -484,3 +484,17 @@ async def test_admissions_past_the_in_flight_cap_are_refused_at_once(
         assert status == 200 and answer["response"]["allowed"] is True
     status, answer = await post(f"{base}/mutate", body, client_ssl)  # room again
     assert status == 200
+
+
+async def test_more_json_values_than_the_cap_is_a_400_before_decoding(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    capped = config.parse({"appSlug": "my-app", "licenseID": "l", "server": {"maxJsonValues": 50}})
+    base = await serve(Admitter(capped))
+    rv = review(pod("nginx"))
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 200  # a small review fits
+    rv["request"]["object"]["metadata"]["labels"] = {f"l{i}": "x" for i in range(50)}
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 400
+    assert answer["error"] == ("request body holds more than 50 JSON values (server.maxJsonValues)")
