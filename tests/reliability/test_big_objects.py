@@ -59,29 +59,27 @@ def most_images() -> bytes:
     )
 
 
-def costliest_json() -> bytes:
-    """As many empty arrays (the costliest values to decode) as are accepted, the rest
-    of the size limit in one string."""
+def one_pod_holding(field: str, values: list[Any]) -> bytes:
+    """A Pod review with ``values`` under ``spec.<field>``, then one string filling the
+    body up to the size limit."""
     data = review(pod("quay.io/my-org/api:v1"))
     spec = data["request"]["object"]["spec"]
-    # each empty array counts twice (its comma and its bracket): half the cap
-    spec["arrays"] = [[]] * (MAX_JSON_VALUES // 2 - 200)
+    spec[field] = values
     spec["padding"] = ""
     unpadded = len(json.dumps(data, separators=(",", ":")).encode())
     spec["padding"] = "x" * (DEFAULT_MAX_REQUEST_BYTES - unpadded - 64)
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def costliest_json() -> bytes:
+    """As many empty arrays (the costliest values to decode) as are accepted: each
+    counts twice (its comma and its bracket), so half the cap."""
+    return one_pod_holding("arrays", [[]] * (MAX_JSON_VALUES // 2 - 200))
 
 
 def most_values() -> bytes:
-    """As many short strings as are accepted (the most memory per value), the rest of
-    the size limit in one string."""
-    data = review(pod("quay.io/my-org/api:v1"))
-    spec = data["request"]["object"]["spec"]
-    spec["strings"] = [f"{i % 1000:03d}" for i in range(MAX_JSON_VALUES - 200)]
-    spec["padding"] = ""
-    unpadded = len(json.dumps(data, separators=(",", ":")).encode())
-    spec["padding"] = "x" * (DEFAULT_MAX_REQUEST_BYTES - unpadded - 64)
-    return json.dumps(data, separators=(",", ":")).encode()
+    """As many short strings as are accepted (the most memory per value)."""
+    return one_pod_holding("strings", [f"{i % 1000:03d}" for i in range(MAX_JSON_VALUES - 200)])
 
 
 async def post(
