@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 
@@ -13,6 +11,4 @@ async def serve_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    return runner, int(server.sockets[0].getsockname()[1])
+    return runner, int(runner.addresses[0][1])

@@ -1,7 +1,8 @@
 """Command line: serve | rewrite | validate | probe | certs.
 
-Exit codes: 0 success, 1 when any object would be denied (rewrite, validate),
-2 for a usage or configuration error, or a server that cannot start (a port in use).
+Exit codes: 0 success; 1 when any object would be denied (rewrite, validate) or
+when serve cannot get a certificate (tls.mode selfManaged); 2 for a usage or
+configuration error, a listen address that cannot be bound included.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from webhook.images import InvalidImageError, parse
 from webhook.visibility import VisibilityResolver, probing
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILURE = 1  # serve: the server could not start
 
 
 class UsageError(Exception):
@@ -206,6 +208,7 @@ def main(
         if getattr(args, "workloads", False):
             settings = replace(settings, mutate_workloads=True)
         if args.command == "serve":
+            from webhook.selfcerts import SelfManagedTLSError
             from webhook.service import StartupError, serve
 
             try:
@@ -213,6 +216,9 @@ def main(
             except StartupError as exc:
                 print(f"error: {exc}", file=err)
                 return EXIT_USAGE
+            except SelfManagedTLSError as exc:
+                print(f"error: {exc}", file=err)
+                return EXIT_FAILURE
             return EXIT_OK
         if args.command == "probe":
             asyncio.run(_probe(settings, args.images, out))

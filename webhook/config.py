@@ -129,6 +129,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfManagedTLSSettings:
+    """The webhook keeps its own CA and serving certificate (chart tls.mode selfManaged).
+
+    They live in the Secret ``secret_name`` of the webhook's namespace; the CA goes into
+    the caBundle of the named webhook configurations ("" for one the chart does not
+    render). The serving certificate is written to server.certFile/keyFile.
+    """
+
+    secret_name: str
+    dns_names: tuple[str, ...]
+    mutating_webhook_configuration: str = ""
+    validating_webhook_configuration: str = ""
+    ca_validity_days: float = 3650.0
+    cert_validity_days: float = 365.0
+    check_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     app_slug: str
     license_id: str = ""
@@ -144,6 +162,7 @@ class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     mutate_workloads: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
+    self_managed_tls: SelfManagedTLSSettings | None = None
 
     @property
     def secret_name(self) -> str:
@@ -288,6 +307,43 @@ def _overrides(section: _Section) -> tuple[Override, ...]:
     return tuple(result)
 
 
+def _self_managed_tls(section: _Section, server: ServerSettings) -> SelfManagedTLSSettings | None:
+    """The ``selfManagedTLS`` section; absent or empty: certificates come from files."""
+    if not section.data:
+        return None
+    names = {}
+    for key in ("secretName", "mutatingWebhookConfiguration", "validatingWebhookConfiguration"):
+        names[key] = section.get(key, str, "")
+    settings = SelfManagedTLSSettings(
+        secret_name=names["secretName"],
+        dns_names=section.strings("dnsNames"),
+        mutating_webhook_configuration=names["mutatingWebhookConfiguration"],
+        validating_webhook_configuration=names["validatingWebhookConfiguration"],
+        ca_validity_days=_positive(section, "caValidityDays", 3650.0),
+        cert_validity_days=_positive(section, "certValidityDays", 365.0),
+        check_interval_seconds=_positive(section, "checkIntervalSeconds", 60.0),
+    )
+    section.done()  # a typo is named before what it leaves missing
+    if not _DNS_SUBDOMAIN.fullmatch(settings.secret_name):
+        raise ConfigError(f"{section.key('secretName')}: required, a Secret name")
+    for key, name in names.items():
+        if name and not _DNS_SUBDOMAIN.fullmatch(name):
+            raise ConfigError(f"{section.key(key)}: {name!r} is not an object name")
+    if not settings.dns_names:
+        raise ConfigError(f"{section.key('dnsNames')}: required, the names the API server calls")
+    if settings.cert_validity_days > settings.ca_validity_days:
+        raise ConfigError(
+            f"{section.key('certValidityDays')}: must not exceed caValidityDays "
+            f"({settings.ca_validity_days:g})"
+        )
+    if not (server.cert_file and server.key_file):
+        raise ConfigError(
+            "server.certFile and server.keyFile: required with selfManagedTLS "
+            "(the webhook writes its serving certificate there)"
+        )
+    return settings
+
+
 def _excluded_namespaces(root: _Section, namespaces: tuple[str, ...]) -> frozenset[str]:
     """excludeNamespaces: never covered, even by namespaces ["*"]; [] excludes none."""
     excluded = root.strings("excludeNamespaces", DEFAULT_EXCLUDED_NAMESPACES)
@@ -401,6 +457,8 @@ def parse(data: object) -> Settings:
             f"(at most 30), got {server.admission_deadline_seconds}"
         )
 
+    self_managed_tls = _self_managed_tls(root.section("selfManagedTLS"), server)
+
     settings = Settings(
         app_slug=slug,
         license_id=license_id,
@@ -418,6 +476,7 @@ def parse(data: object) -> Settings:
         probe=probe,
         mutate_workloads=root.get("mutateWorkloads", bool, False),
         server=server,
+        self_managed_tls=self_managed_tls,
     )
     root.done()
     return settings

@@ -78,11 +78,11 @@ def read_credentials(settings: Settings) -> Credentials:
         password = _read(a.password_file, "air-gap registry password") if a.password_file else ""
         return Credentials(((a.registry, a.username, password),))
     license_id = settings.license_id or _read(settings.license_id_file, "license ID")
-    user = "LICENSE_ID"
+    # The proxy takes the license ID as both user name and password (docs/design.md §3).
     return Credentials(
         (
-            (settings.proxy_domain, user, license_id),
-            (settings.registry_domain, user, license_id),
+            (settings.proxy_domain, license_id, license_id),
+            (settings.registry_domain, license_id, license_id),
         )
     )
 

@@ -1,9 +1,10 @@
 """The running service: wires settings to the servers and owns their lifecycle.
 
-Start: the health port, certificates, the pull-secret manager, the probe stack, then
-the webhook port. SIGTERM: report not ready, drain the webhook port (see
-webhook/connections.py) within ``shutdownTimeoutSeconds``, then tear everything down
-in the reverse order of its start.
+Start: the health port, certificates (self-managed ones first fetched or made), the
+pull-secret manager, the probe stack, then the webhook port. SIGTERM: report not
+ready, drain the webhook port (see webhook/connections.py) within
+``shutdownTimeoutSeconds``, then tear everything down in the reverse order of its
+start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from webhook import pullsecrets, tls
+from webhook import pullsecrets, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.config import WEBHOOK_NAMESPACE_ENV, ServerSettings, Settings
 from webhook.connections import Listener
@@ -154,14 +155,20 @@ async def running(
             stack, health_app(health, metrics, probes), probes, server.host, server.health_port
         )
 
+        webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
+        # selfManagedTLS: the certificate files are written from the Secret before they load.
+        self_managed = await selfcerts.start(settings, webhook_namespace)
+        if self_managed is not None:
+            stack.push_async_callback(self_managed.close)
         paths = certificate(settings)
         context = tls.server_context(paths)
         reloader = tls.CertificateReloader(context, paths, reload_interval)
         health.checks["certificate"] = lambda: reloader.healthy
         metrics.track_certificate_expiry(lambda: reloader.not_after)
+        if self_managed is not None:
+            self_managed.follow(reloader.check)
         _background(stack, reloader.run(), "certificate-reload")
 
-        webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
         if secrets is None:
             secrets = await _pull_secrets(stack, settings, metrics, webhook_namespace)
         else:

@@ -134,7 +134,11 @@ class CertificateReloader:
             await asyncio.to_thread(self.check)
 
 
-# --- development certificates ---------------------------------------------
+# --- certificates ------------------------------------------------------------
+
+# Certificates start a little in the past: a node whose clock runs behind still
+# accepts a certificate issued a moment ago.
+_BACKDATE = datetime.timedelta(minutes=5)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -160,13 +164,31 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 class CertificateAuthority:
-    """A development CA in memory; ``issue`` signs serving certificates."""
+    """A CA in memory; ``issue`` signs serving certificates.
+
+    A new one is generated, or ``pem`` (certificate, key) loads an existing one.
+    ``days`` is the validity of the CA and the default validity of what it issues.
+    """
 
     def __init__(
-        self, common_name: str = "image-proxy-webhook development CA", days: int = 365
+        self,
+        common_name: str = "image-proxy-webhook development CA",
+        days: float = 365,
+        *,
+        pem: tuple[bytes, bytes] | None = None,
     ) -> None:
-        now = datetime.datetime.now(datetime.UTC)
         self.days = days
+        if pem is not None:
+            self.certificate = x509.load_pem_x509_certificate(pem[0])
+            key = serialization.load_pem_private_key(pem[1], password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey) or (
+                key.public_key() != self.certificate.public_key()
+            ):
+                raise ValueError("the CA key is not an EC key of the CA certificate")
+            self.key = key
+            self.name = self.certificate.subject
+            return
+        now = datetime.datetime.now(datetime.UTC)
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.name = _name(common_name)
         self.certificate = (
@@ -175,7 +197,7 @@ class CertificateAuthority:
             .issuer_name(self.name)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -204,7 +226,7 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return _pem_key(self.key)
 
-    def issue(self, names: tuple[str, ...], days: int | None = None) -> tuple[bytes, bytes]:
+    def issue(self, names: tuple[str, ...], days: float | None = None) -> tuple[bytes, bytes]:
         """A serving certificate for ``names`` (DNS names or IPs): (cert PEM, key PEM)."""
         if not names:
             raise ValueError("at least one DNS name or IP address is needed")
@@ -216,7 +238,7 @@ class CertificateAuthority:
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + datetime.timedelta(days=days or self.days))
             .add_extension(_san(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -240,14 +262,14 @@ def generate(out: Path, names: tuple[str, ...], days: int = 365) -> CertPaths:
     ca = CertificateAuthority(days=days)
     cert, key = ca.issue(names)
     paths = CertPaths(out / "tls.crt", out / "tls.key", out / "ca.crt")
-    _write(out / "ca.key", ca.key_pem, private=True)
-    _write(out / "ca.crt", ca.pem)
-    _write(paths.key_file, key, private=True)
-    _write(paths.cert_file, cert)
+    write_file(out / "ca.key", ca.key_pem, private=True)
+    write_file(out / "ca.crt", ca.pem)
+    write_file(paths.key_file, key, private=True)
+    write_file(paths.cert_file, cert)
     return paths
 
 
-def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
     # Write then rename, so a reloader never reads half a file.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)

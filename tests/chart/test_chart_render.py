@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from webhook import config as server_config
+from webhook.__main__ import _parser as cli_parser
 
 pytestmark = pytest.mark.chart
 
@@ -169,8 +170,8 @@ def case(request: pytest.FixtureRequest, render: RenderFn) -> Rendered:
 
 def test_matrix_covers_the_issue() -> None:
     values = [load_values(path) for path in CI_VALUES]
-    modes = {v.get("tls", {}).get("mode", "helm") for v in values}
-    assert modes == {"helm", "certManager", "existingSecret"}
+    modes = {v.get("tls", {}).get("mode", "selfManaged") for v in values}
+    assert modes == {"selfManaged", "helm", "certManager", "existingSecret"}
     assert {v.get("mode", "online") for v in values} == {"online", "airgap"}
     assert {v.get("validatingWebhook", {}).get("enabled", False) for v in values} == {True, False}
     assert {v.get("mutateWorkloads", False) for v in values} == {True, False}
@@ -279,14 +280,24 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
 
     # The config file is what the container reads, and each file it names is mounted.
     args = container(case)["args"]
-    assert args == ["serve", "--config", CONFIG_PATH, "--log-format", v["server"]["logFormat"]]
+    assert args == ["--log-format", v["server"]["logFormat"], "serve", "--config", CONFIG_PATH]
+    parsed = cli_parser().parse_args(args)  # the server's own command line accepts them
+    assert (parsed.command, parsed.config) == ("serve", CONFIG_PATH)
     assert container(case)["command"] == ["image-proxy-webhook"]
     volume, key = mounted_file(case, CONFIG_PATH)
     assert volume["configMap"]["name"] == case.one("ConfigMap")["metadata"]["name"]
     assert key == "config.yaml"
 
     mode = v["tls"]["mode"]
-    if mode == "helm":
+    if mode == "selfManaged":
+        # The webhook writes the pair from its Secret into a volume of its own
+        # (tests/chart/test_chart_tls.py checks the rest).
+        assert settings.self_managed_tls is not None
+        for path in (settings.server.cert_file, settings.server.key_file):
+            volume, _ = mounted_file(case, path)
+            assert volume["emptyDir"]["medium"] == "Memory"
+        tls_secret = ""
+    elif mode == "helm":
         [tls] = [s for s in case.all("Secret") if s["type"] == "kubernetes.io/tls"]
         tls_secret = tls["metadata"]["name"]
     elif mode == "certManager":
@@ -298,6 +309,8 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
         (settings.server.cert_file, "tls.crt"),
         (settings.server.key_file, "tls.key"),
     ):
+        if not tls_secret:
+            break
         volume, mounted_key = mounted_file(case, path)
         assert (volume["secret"]["secretName"], mounted_key) == (tls_secret, key)
 
@@ -386,8 +399,12 @@ def test_client_config_and_ca(case: Rendered) -> None:
         path = "/mutate" if kind.startswith("Mutating") else "/validate"
         client = hook["clientConfig"]
         annotations = configuration["metadata"].get("annotations", {})
+        mode = v["tls"]["mode"]
         if v["webhook"]["url"]:
-            assert client == {"url": v["webhook"]["url"] + path, "caBundle": v["tls"]["caBundle"]}
+            expected = {"url": v["webhook"]["url"] + path}
+            if mode != "selfManaged":  # the webhook sets it itself
+                expected["caBundle"] = v["tls"]["caBundle"]
+            assert client == expected
             assert annotations == {}
             continue
         assert client["service"] == {
@@ -396,9 +413,12 @@ def test_client_config_and_ca(case: Rendered) -> None:
             "path": path,
             "port": https["port"],
         }
-        mode = v["tls"]["mode"]
-        if mode == "certManager":
+        if mode in ("certManager", "selfManaged"):
             assert "caBundle" not in client
+        if mode == "selfManaged":
+            assert annotations == {}
+            assert all(s["type"] != "kubernetes.io/tls" for s in case.all("Secret"))
+        elif mode == "certManager":
             [serving] = [c for c in case.all("Certificate") if not c["spec"].get("isCA")]
             assert annotations == {
                 "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{serving['metadata']['name']}"
@@ -417,7 +437,9 @@ def test_client_config_and_ca(case: Rendered) -> None:
 
 
 def test_helm_generated_certificate(render: RenderFn) -> None:
-    rendered = render(merged(BASE, {"validatingWebhook": {"enabled": True}}))
+    rendered = render(
+        merged(BASE, {"validatingWebhook": {"enabled": True}, "tls": {"mode": "helm"}})
+    )
     [secret] = [s for s in rendered.all("Secret") if s["type"] == "kubernetes.io/tls"]
     pem = {key: base64.b64decode(value) for key, value in secret["data"].items()}
     ca = x509.load_pem_x509_certificate(pem["ca.crt"])
@@ -537,18 +559,23 @@ def test_rbac_is_least_privilege(case: Rendered) -> None:
     }
     namespace_rights = {("namespaces", verb, "*") for verb in ("list", "watch")}
 
-    roles = {r["metadata"]["namespace"]: r for r in case.all("Role")}
-    role_bindings = {b["metadata"]["namespace"]: b for b in case.all("RoleBinding")}
+    # The self-managed certificate's RBAC (name "<fullname>-tls") is checked in
+    # tests/chart/test_chart_tls.py.
+    def own(kind: str) -> list[dict[str, Any]]:
+        return [d for d in case.all(kind) if not d["metadata"]["name"].endswith("-tls")]
+
+    roles = {r["metadata"]["namespace"]: r for r in own("Role")}
+    role_bindings = {b["metadata"]["namespace"]: b for b in own("RoleBinding")}
     if covered == ["*"]:
-        cluster_role = case.one("ClusterRole")
-        binding = case.one("ClusterRoleBinding")
+        [cluster_role] = own("ClusterRole")
+        [binding] = own("ClusterRoleBinding")
         assert binding["subjects"] == subject
         assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
         assert permissions(cluster_role["rules"]) == namespace_rights | secret_rights
         assert roles == {} and role_bindings == {}
     else:
         # Nothing cluster-wide: the namespaces are listed only for ["*"].
-        assert case.all("ClusterRole") == [] and case.all("ClusterRoleBinding") == []
+        assert own("ClusterRole") == [] and own("ClusterRoleBinding") == []
         assert set(roles) == set(role_bindings) == set(covered)
         for namespace, role in roles.items():
             assert permissions(role["rules"]) == secret_rights

@@ -11,6 +11,8 @@
   connections and never answers (not even the TLS handshake).
 - :func:`restricted_client`: a kubernetes-asyncio client acting as a real
   ServiceAccount with only the RBAC rules given (token from the TokenRequest API).
+- :func:`kubelet_credentials`: the ``auth`` of a ``.dockerconfigjson`` that the
+  kubelet's credential keyring picks for an image.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import json
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,6 +342,31 @@ def dockerconfig_of(secret: Mapping[str, Any]) -> Any:
     return json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
 
 
+def kubelet_credentials(image: str, dockerconfig: Mapping[str, Any]) -> str | None:
+    """The Basic credentials the kubelet sends for ``image``, from a ``.dockerconfigjson``.
+
+    As its credential keyring does: each ``auths`` key is read as a URL (``https://``
+    when it has no scheme); an entry applies when its host and port are the image's
+    and its path, if any, starts the image's repository path; the longest key wins.
+    The entry's ``auth`` is decoded into user and password (split at the first
+    ``:``), which the runtime sends as ``Basic base64(user:password)``.
+    """
+    name = image.partition("@")[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[: name.rfind(":")]
+    target = urllib.parse.urlsplit(f"https://{name}")
+    for key in sorted(dockerconfig["auths"], key=len, reverse=True):
+        entry = urllib.parse.urlsplit(key if "://" in key else f"https://{key}")
+        if (entry.hostname, entry.port) == (target.hostname, target.port) and (
+            target.path.startswith(entry.path.rstrip("/") + "/") or not entry.path.strip("/")
+        ):
+            user, _, password = (
+                base64.b64decode(dockerconfig["auths"][key]["auth"]).decode().partition(":")
+            )
+            return base64.b64encode(f"{user}:{password}".encode()).decode()
+    return None
+
+
 def expected_dockerconfig(auths: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
     """docs/design.md §3 literally: registry → {"auth": b64("user:password")}."""
     return {
@@ -347,6 +375,11 @@ def expected_dockerconfig(auths: Mapping[str, tuple[str, str]]) -> dict[str, Any
             for registry, (user, password) in auths.items()
         }
     }
+
+
+def license_dockerconfig(license_id: str, *registries: str) -> dict[str, Any]:
+    """docs/design.md §3, online: the license ID is the user name and the password."""
+    return expected_dockerconfig({registry: (license_id, license_id) for registry in registries})
 
 
 # --- faulty Kubernetes APIs ------------------------------------------------------------

@@ -164,10 +164,16 @@ def token_client(kube: KubeAPIServer, token: str) -> k8s.ApiClient:
 
 
 async def can(
-    api: k8s.ApiClient, verb: str, resource: str, namespace: str = "", name: str = ""
+    api: k8s.ApiClient,
+    verb: str,
+    resource: str,
+    namespace: str = "",
+    name: str = "",
+    *,
+    group: str = "",
 ) -> bool:
     """SelfSubjectAccessReview: may the client's identity do this?"""
-    attributes: dict[str, str] = {"verb": verb, "resource": resource, "group": ""}
+    attributes: dict[str, str] = {"verb": verb, "resource": resource, "group": group}
     if namespace:
         attributes["namespace"] = namespace
     if name:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.kubeapi import KubeAPIServer, find_binaries
+from tests.e2e.kubeapi import KubeAPIServer, require_binaries
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +16,7 @@ def kube_apiserver() -> Iterator[KubeAPIServer]:
     Missing binaries skip the tests locally; under CI (``CI=true``) they fail,
     because CI must build the API server first (``.ci/build-kube-apiserver``).
     """
-    found = find_binaries()
-    if isinstance(found, str):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"e2e: {found}", pytrace=False)
-        pytest.skip(f"e2e: {found}")
-    apiserver, etcd = found
+    apiserver, etcd = require_binaries()
     server = KubeAPIServer(binary=apiserver, etcd_binary=etcd)
     server.start()
     try:

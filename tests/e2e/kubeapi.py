@@ -80,6 +80,19 @@ def find_binaries() -> tuple[Path, Path] | str:
     return apiserver, Path(etcd)
 
 
+def require_binaries() -> tuple[Path, Path]:
+    """``(kube_apiserver, etcd)``; a missing one skips the test locally and fails it
+    under CI (``CI=true``), because CI must build the API server first."""
+    import pytest
+
+    found = find_binaries()
+    if isinstance(found, str):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"e2e: {found}", pytrace=False)
+        pytest.skip(f"e2e: {found}")
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -36,6 +36,8 @@ from tests.e2e.admission_harness import (
     eventually,
     expected_dockerconfig,
     images_of,
+    kubelet_credentials,
+    license_dockerconfig,
     mutating_webhook,
     namespaces,
     pod,
@@ -47,9 +49,15 @@ from tests.e2e.admission_harness import (
     wait_until_mutating,
 )
 from tests.e2e.kubeapi import KubeAPIServer, find_binaries, free_port
-from tests.integration.registries import Registry, can_bind_low_ports, require_registry_binary
+from tests.integration.registries import (
+    ALL_MANIFESTS,
+    Registry,
+    can_bind_low_ports,
+    require_registry_binary,
+)
 from webhook import pullsecrets, tls
 from webhook.config import Settings
+from webhook.images import parse as parse_image
 
 pytestmark = pytest.mark.e2e
 
@@ -64,10 +72,8 @@ AIRGAP_REGISTRY = "registry.local:5000"
 
 
 def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
-    """docs/design.md §3: the proxy and the vendor registry, both LICENSE_ID:<license>."""
-    return expected_dockerconfig(
-        {PROXY: ("LICENSE_ID", license_id), VENDOR: ("LICENSE_ID", license_id)}
-    )
+    """docs/design.md §3: the proxy and the vendor registry."""
+    return license_dockerconfig(license_id, PROXY, VENDOR)
 
 
 # --- fixtures --------------------------------------------------------------------
@@ -469,6 +475,131 @@ async def test_namespace_outside_namespaces_is_left_untouched(
         assert images_of(await read_pod(api, app, "inside")) == {"app": f"{PREFIX}{image}"}
 
 
+# --- the secret's credentials pull through a license-checking proxy ----------------
+
+
+def mirror(upstream: Registry, repository: str, tag: str, to: Registry, as_: str) -> str:
+    """Copy an image, manifest bytes and blobs, as a pull-through proxy serves it.
+
+    The manifest keeps its digest, so a pinned reference pulls through the copy too.
+    """
+    status, _, body = upstream.http(
+        "GET", f"/v2/{repository}/manifests/{tag}", headers={"Accept": ALL_MANIFESTS}
+    )
+    assert status == 200, (status, body[:200])
+    manifest = json.loads(body)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        status, _, data = upstream.http("GET", f"/v2/{repository}/blobs/{blob['digest']}")
+        assert status == 200
+        assert to.push_blob(as_, data) == blob["digest"]
+    return to.push_manifest(as_, tag, manifest)
+
+
+def kubelet_pull(registries: dict[str, Registry], image: str, auth: str) -> tuple[int, str]:
+    """GET the image's manifest as the runtime does: anonymously, then answer the challenge.
+
+    The status and the ``Docker-Content-Digest`` of the authenticated request.
+    """
+    ref = parse_image(image)
+    registry = registries[ref.domain]
+    path = f"/v2/{ref.path}/manifests/{ref.reference}"
+    accept = {"Accept": ALL_MANIFESTS}
+    status, headers, _ = registry.http("GET", path, headers=accept, authenticate=False)
+    assert status == 401, status
+    assert headers["www-authenticate"].startswith("Basic "), headers
+    status, headers, _ = registry.http(
+        "GET", path, headers={**accept, "Authorization": f"Basic {auth}"}, authenticate=False
+    )
+    return status, headers.get("docker-content-digest", "")
+
+
+@pytest.fixture(scope="module")
+def license_registries(
+    registries: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """Stand-ins for the vendor's proxy and registry: each checks the license as they do.
+
+    A distribution registry whose htpasswd holds the license ID as user name and as
+    password (docs/design.md §3), on port 80 of its own loopback address, so that
+    its host is a proxy domain with no port. The proxy holds the private upstream
+    image at ``proxy/my-app/<upstream>/<path>``; the vendor registry an image of its own.
+    """
+    private: Registry = registries["private"]
+    proxy = Registry(tmp_path_factory.mktemp("proxy"), auth="htpasswd", users={LICENSE: LICENSE})
+    vendor = Registry(tmp_path_factory.mktemp("vendor"), auth="htpasswd", users={LICENSE: LICENSE})
+    with proxy, vendor:
+        proxied = f"proxy/my-app/{private.domain}/team/secret"
+        yield {
+            "proxy": proxy,
+            "vendor": vendor,
+            "proxied_digest": mirror(private, "team/secret", "v1", proxy, proxied),
+            "vendor_digest": vendor.push_image("my-app/api", "1.0").digest,
+        }
+
+
+async def test_the_secret_the_webhook_writes_pulls_from_a_license_checking_proxy(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    license_registries: dict[str, Any],
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    """A private image rewritten through the real API server pulls with the Secret written.
+
+    The stored images and the stored Secret are all the kubelet has: it picks the
+    credentials for each image's host from the ``.dockerconfigjson`` and sends them.
+    """
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    private: Registry = registries["private"]
+    proxy: Registry = license_registries["proxy"]
+    vendor: Registry = license_registries["vendor"]
+    digest = registries["private_digest"]
+    assert license_registries["proxied_digest"] == digest
+    settings = online_settings(
+        registries, [app], proxyDomain=proxy.domain, registryDomain=vendor.domain
+    )
+
+    async with (
+        run_webhook(settings, certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        manifest = pod(
+            "pulls",
+            {"app": f"{private.domain}/team/secret:v1", "api": f"{vendor.domain}/my-app/api:1.0"},
+            init={"migrate": f"{private.domain}/team/secret@{digest}"},
+        )
+        answer = await create_pod(api, app, manifest)
+        assert answer.status == 201 and answer.warnings == [], answer.body
+        stored = await read_pod(api, app, "pulls")
+        secret = (await read_secret(api, app, SECRET)).ok()
+
+    proxied = f"{proxy.domain}/proxy/my-app/{private.domain}/team/secret"
+    assert stored_view(stored)["images"] == {
+        "migrate": f"{proxied}@{digest}",
+        "app": f"{proxied}:v1",
+        "api": f"{vendor.domain}/my-app/api:1.0",
+    }
+    assert stored["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+    dockerconfig = dockerconfig_of(secret)
+    hosts = {proxy.domain: proxy, vendor.domain: vendor}
+    expected = {
+        "migrate": digest,
+        "app": digest,
+        "api": license_registries["vendor_digest"],
+    }
+    for container, image in images_of(stored).items():
+        auth = kubelet_credentials(image, dockerconfig)
+        assert auth is not None, (image, sorted(dockerconfig["auths"]))
+        assert kubelet_pull(hosts, image, auth) == (200, expected[container]), image
+        # Another license is refused, as the vendor's proxy refuses it.
+        wrong = _b64(b"2ViYxYAm4hPq3cZSZYKqzr2QwQy:2ViYxYAm4hPq3cZSZYKqzr2QwQy")
+        assert kubelet_pull(hosts, image, wrong) == (401, ""), image
+
+
 # --- air gap --------------------------------------------------------------------
 
 
@@ -705,7 +836,7 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
     # Logged instead: the stale secret replaced at start, then both after the change.
     assert logged.count(f"updated pull secret {SECRET} in ") == 3, logged
     for license_id in ("license-one", "license-two"):
-        auth = _b64(f"LICENSE_ID:{license_id}".encode())
+        auth = _b64(f"{license_id}:{license_id}".encode())
         assert license_id not in logged and auth not in logged
 
 

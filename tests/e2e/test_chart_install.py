@@ -36,7 +36,7 @@ from tests.e2e.admission_harness import (
     create_pod,
     dockerconfig_of,
     eventually,
-    expected_dockerconfig,
+    license_dockerconfig,
     pod,
     read_pod,
     read_secret,
@@ -258,8 +258,8 @@ async def test_pod_in_a_covered_namespace_is_rewritten_and_gets_the_pull_secret(
         # the chart stored.
         secret = (await read_secret(admin, ns, SECRET)).ok()
         assert secret["type"] == "kubernetes.io/dockerconfigjson"
-        assert dockerconfig_of(secret) == expected_dockerconfig(
-            {PROXY: ("LICENSE_ID", LICENSE), "registry.replicated.com": ("LICENSE_ID", LICENSE)}
+        assert dockerconfig_of(secret) == license_dockerconfig(
+            LICENSE, PROXY, "registry.replicated.com"
         )
 
 
@@ -333,6 +333,7 @@ async def test_upgrade_keeps_the_generated_ca_and_a_deleted_secret_renews_it(
         "license": {"id": LICENSE},
         "namespaces": [covered],
         "validatingWebhook": {"enabled": True},
+        "tls": {"mode": "helm"},
     }
 
     async def served() -> tuple[dict[str, str], set[str]]:

@@ -41,8 +41,8 @@ def mutate(obj: dict[str, Any], settings: config.Settings) -> dict[str, Any]:
     [
         "[::1]/team/app:v1",  # an IPv6 literal cannot be a path segment
         "[2001:db8::1]/team/app@sha256:" + "a" * 64,
-        "gcr.io/" + "a" * 240 + ":v1",  # the proxy prefix pushes it past 255
-        "gcr.io/team/" + "b" * 215,  # 233 characters: fits alone, not proxied
+        "gcr.io/" + "a" * 240 + ":v1",  # the proxy prefix pushes its path past 255
+        "gcr.io/team/" + "b" * 231,  # a 236-character path: fits alone, not proxied
     ],
 )
 def test_private_image_that_cannot_be_proxied_is_left_unchanged_with_a_warning(
@@ -64,13 +64,12 @@ def test_private_image_that_cannot_be_proxied_is_left_unchanged_with_a_warning(
 
 
 def test_longest_proxiable_name_is_still_rewritten() -> None:
-    prefix = len("proxy.replicated.com/proxy/my-app/gcr.io/")
+    prefix = len("proxy/my-app/gcr.io/")  # the limit counts the path, not the host
     image = "gcr.io/" + "a" * (NAME_MAX - prefix) + ":v1"
     obj = pod(image)
     (written,) = images_of(apply(mutate(obj, ONLINE), obj))
     assert written.startswith("proxy.replicated.com/proxy/my-app/gcr.io/aaa")
-    assert len(written.partition(":")[0]) == NAME_MAX
-    parse(written)
+    assert len(parse(written).path) == NAME_MAX
 
 
 def test_port_message_is_unchanged() -> None:
@@ -80,7 +79,7 @@ def test_port_message_is_unchanged() -> None:
 
 
 def test_airgap_image_whose_local_name_would_not_parse_is_denied() -> None:
-    image = "b" * 250 + ":v1"  # docker.io/library/bbb…: its last segment is 250 characters
+    image = "docker.io/team/" + "b" * 250 + ":v1"  # my-app/bbb… would be 257 characters
     parse(image)
     answer = mutate(pod(image), AIRGAP)
     response = answer["response"]
@@ -91,7 +90,7 @@ def test_airgap_image_whose_local_name_would_not_parse_is_denied() -> None:
 
 
 def test_airgap_longest_local_name_is_rewritten() -> None:
-    last = "c" * (NAME_MAX - len("registry.local:5000/my-app/"))
+    last = "c" * (NAME_MAX - len("my-app/"))
     obj = pod(f"docker.io/team/{last}:v1")
     (written,) = images_of(apply(mutate(obj, AIRGAP), obj))
     assert written == f"registry.local:5000/my-app/{last}:v1"

@@ -205,9 +205,7 @@ async def on_address(fake: Any, host: str, port: int, ssl_context: Any = None) -
         await fake._runner.setup()
         site = web.TCPSite(fake._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        fake.port = int(server.sockets[0].getsockname()[1])
+        fake.port = int(fake._runner.addresses[0][1])
     elif isinstance(fake, RawRegistry):
         fake._server = await asyncio.start_server(fake._accept, host, port, ssl=ssl_context)
         fake.port = int(fake._server.sockets[0].getsockname()[1])

@@ -15,7 +15,7 @@ it, at log level DEBUG, in both log formats:
 
 Everything captured — log lines, admission answers and warnings, HTTP error
 bodies, metrics, exception texts — is searched for the license and every encoding
-of it that the secret uses: base64 of ``LICENSE_ID:<id>`` (the ``auth`` field) and
+of it that the secret uses: base64 of ``<id>:<id>`` (the ``auth`` field) and
 base64 of the whole ``.dockerconfigjson`` (the Secret's data), at every byte
 alignment. As a check of the search itself, the same needles must be found in
 what the fake API server received.
@@ -83,7 +83,7 @@ def aligned_b64(text: str) -> set[str]:
 
 def needles() -> set[str]:
     """The license and each encoding of it the pull secret carries (two levels)."""
-    level1 = {LICENSE} | aligned_b64(LICENSE) | aligned_b64(f"LICENSE_ID:{LICENSE}")
+    level1 = {LICENSE} | aligned_b64(LICENSE) | aligned_b64(f"{LICENSE}:{LICENSE}")
     level2 = {n for piece in level1 for n in aligned_b64(piece)}
     return level1 | level2
 
@@ -137,7 +137,7 @@ class FakeKubeAPI:
         self.calls: list[tuple[str, str]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
-        stale = {"auths": {"x": {"auth": base64.b64encode(b"LICENSE_ID:old").decode()}}}
+        stale = {"auths": {"x": {"auth": base64.b64encode(b"old:old").decode()}}}
         self.secrets["stale"] = self._object(
             "stale", "kubernetes.io/dockerconfigjson", base64.b64encode(json.dumps(stale).encode())
         )

@@ -203,9 +203,20 @@ INVALID = [
     ("nginx:-bad", "tag '-bad' must be 1-128 of letters, digits, '_', '.', '-'"),
     (
         "nginx:" + "t" * 129,
-        "tag '" + "t" * 129 + "' must be 1-128 of letters, digits, '_', '.', '-'",
+        "tag '" + "t" * 77 + "...' must be 1-128 of letters, digits, '_', '.', '-'",
     ),
-    ("nginx@sha256:abc", "digest 'sha256:abc' is not algorithm:hex"),
+    ("nginx@sha256:abc", "a sha256 digest has 64 hex characters, got 3"),
+    ("nginx@sha256:xyz", "a sha256 digest has 64 hex characters, got 3"),
+    ("nginx@sha256:" + "g" * 64, "the sha256 digest is not hex"),
+    ("nginx@sha256", "digest 'sha256' is not algorithm:hex"),
+    ("nginx@md5:" + "a" * 32, "digest algorithm 'md5' is not supported (sha256, sha384, sha512)"),
+    ("nginx@sha256:" + "A" * 64, "the sha256 digest must be lower-case hex"),
+    ("nginx@sha512:" + "a" * 64, "a sha512 digest has 128 hex characters, got 64"),
+    ("nginx@1sha:" + "a" * 64, f"digest '1sha:{'a' * 64}' is not algorithm:hex"),
+    ("a" * 64, "a 64-character hexadecimal name is an image ID"),
+    ("[abcd]/foo", f"path component '[abcd]' {COMPONENT_RULE}"),
+    ("LOCALDOMAIN/Debian", "repository name 'Debian' must be lower case"),
+    ("foo_bar.com/app", "registry host 'foo_bar.com' is not valid"),
     ("nginx@sha256:" + "a" * 63, "a sha256 digest has 64 hex characters, got 63"),
     ("nginx@" + D[7:], f"digest '{D[7:]}' is not algorithm:hex"),
     (
@@ -223,7 +234,9 @@ INVALID = [
     ("bad_host.io:x/app", "registry host 'bad_host.io:x' is not valid"),
     ("-host.io/app", "registry host '-host.io' is not valid"),
     (":tag", "no repository name"),
-    ("a/" * 130 + "b", "name longer than 255 characters"),
+    ("a/" * 130 + "b", "repository path longer than 255 characters"),
+    # The limit counts the normalised path: library/ makes 8 more.
+    ("a" * 250, "repository path longer than 255 characters"),
 ]
 
 
@@ -293,6 +306,12 @@ def test_airgap_empty_namespace() -> None:
         "a" * 5000 + "!",
         "a" * 100_000,
         "h" * 60 + "." + "a" * 60 + ":" + "1" * 60 + "/x",
+        # ... and in a host: runs of label characters and hyphens, then one that fails.
+        "a-" * 50_000 + ".io/x",
+        "a" * 50_000 + "-.io/x",
+        ("a." * 50_000) + "-/x",
+        "[" + ":" * 100_000 + "/x",
+        "x.io/app@sha256+" + "a+" * 50_000 + ":" + "a" * 64,
     ],
 )
 def test_adversarial_inputs_are_rejected_or_parsed(image: str) -> None:
@@ -303,3 +322,22 @@ def test_adversarial_inputs_are_rejected_or_parsed(image: str) -> None:
         assert exc.image == image
     else:
         assert ref.original == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "x.io/app:" + "t" * 100_000,
+        "x.io/" + "A" * 100_000,
+        "x.io/" + "a" * 100_000 + "_",
+        "bad_" + "h" * 100_000 + ".io/app",
+        "x.io/app@sha256:" + "g" * 100_000,
+        "x.io/app@" + "sha" * 100_000 + ":" + "a" * 64,
+    ],
+)
+def test_the_problem_stays_short_whatever_the_reference(image: str) -> None:
+    # It goes into warnings and log lines: the part of a huge reference it names is cut.
+    with pytest.raises(InvalidImageError) as caught:
+        images.parse(image)
+    assert len(caught.value.problem) < 200
+    assert len(str(caught.value)) < 350

@@ -118,7 +118,7 @@ async def setup(
     secrets = PullSecrets(
         object(),  # an ApiClient is only handed to CoreV1Api, replaced below
         SETTINGS,
-        lambda: Credentials(((SETTINGS.proxy_domain, "LICENSE_ID", "lic"),)),
+        lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
         metrics=metrics,
     )
     core = FakeCoreV1()

@@ -329,11 +329,11 @@ def test_unparseable_image_is_left_with_a_warning_and_denied_by_validate() -> No
     assert images_of(apply(answer, obj)) == ["Bad/Image", f"{PROXY}/docker.io/acme/app:1"]
     assert answer["response"]["warnings"] == [
         "container 'c0' left unchanged: invalid image reference 'Bad/Image': "
-        "repository name 'Bad' must be lower case"
+        "repository name 'Image' must be lower case"
     ]
     verdict = mutate(s, review(obj), endpoint="validate")
     assert verdict["response"]["allowed"] is False
-    assert "repository name 'Bad' must be lower case" in verdict["response"]["status"]["message"]
+    assert "repository name 'Image' must be lower case" in verdict["response"]["status"]["message"]
 
 
 def test_validate_denies_what_mutation_would_change_and_allows_its_output() -> None:

@@ -98,6 +98,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "image-proxy-webhook.tlsSecretName" -}}
 {{- if eq .Values.tls.mode "existingSecret" }}
 {{- .Values.tls.existingSecret }}
+{{- else if eq .Values.tls.mode "selfManaged" }}
+{{- printf "%s-certs" (include "image-proxy-webhook.fullname" .) }}
 {{- else }}
 {{- printf "%s-tls" (include "image-proxy-webhook.fullname" .) }}
 {{- end }}
@@ -112,6 +114,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $svc := include "image-proxy-webhook.fullname" . }}
 {{- $ns := .Release.Namespace }}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/* tls.mode selfManaged: the names of the webhook's certificate, plus webhook.url's host. */}}
+{{- define "image-proxy-webhook.selfManagedNames" -}}
+{{- $names := include "image-proxy-webhook.dnsNames" . | fromJsonArray }}
+{{- with .Values.webhook.url }}
+{{- $names = append $names (urlParse .).hostname }}
+{{- end }}
+{{- toJson $names }}
 {{- end }}
 
 {{/*
@@ -144,9 +155,13 @@ configurations (separate templates) agree.
 {{- toJson $cache }}
 {{- end }}
 
-{{/* The caBundle for clientConfig (base64 of PEM), or "" when cert-manager injects it. */}}
+{{/*
+The caBundle for clientConfig (base64 of PEM), or "" when cert-manager or, with
+tls.mode selfManaged, the webhook itself sets it.
+*/}}
 {{- define "image-proxy-webhook.caBundle" -}}
-{{- if or .Values.webhook.url (eq .Values.tls.mode "existingSecret") }}
+{{- if eq .Values.tls.mode "selfManaged" }}
+{{- else if or .Values.webhook.url (eq .Values.tls.mode "existingSecret") }}
 {{- $ca := .Values.tls.caBundle | trim }}
 {{- if hasPrefix "-----BEGIN" $ca }}{{ b64enc $ca }}{{ else }}{{ $ca }}{{ end }}
 {{- else if eq .Values.tls.mode "helm" }}
@@ -262,9 +277,28 @@ Deployment, so every install runs them.
 {{- if and (eq .Values.tls.mode "existingSecret") (not .Values.tls.caBundle) }}
 {{- fail "tls.caBundle is required when tls.mode is existingSecret (the CA the API server trusts for the webhook)" }}
 {{- end }}
+{{- if and (eq .Values.tls.mode "selfManaged") (gt (float64 .Values.tls.selfManaged.certValidityDays) (float64 .Values.tls.selfManaged.caValidityDays)) }}
+{{- fail "tls.selfManaged.certValidityDays must not exceed tls.selfManaged.caValidityDays: the CA signs the certificate" }}
+{{- end }}
 {{- $namespaces := include "image-proxy-webhook.namespaces" . | fromJsonArray }}
+{{- if and .Values.createNamespaces (has "*" $namespaces) }}
+{{- fail "createNamespaces: namespaces is [\"*\"]; list the namespaces to create" }}
+{{- end }}
 {{- if and (has "*" $namespaces) (gt (len $namespaces) 1) }}
 {{- fail "namespaces: \"*\" already covers every namespace; list it alone" }}
+{{- end }}
+{{- /*
+At install and upgrade each covered namespace must exist or be created by the
+chart: a Role in a missing namespace would fail the release halfway, after its
+webhook configurations were applied. Checked only when lookup reaches a cluster
+(it finds kube-system); under `helm template` it finds nothing.
+*/}}
+{{- if and (not .Values.createNamespaces) (not (has "*" $namespaces)) (lookup "v1" "Namespace" "" "kube-system") }}
+{{- range $namespaces }}
+{{- if not (lookup "v1" "Namespace" "" .) }}
+{{- fail (printf "namespace %q does not exist: create it first, or set createNamespaces=true to let the chart create it" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $namespaces }}
 {{- if eq . $.Release.Namespace }}
@@ -321,6 +355,18 @@ Deployment, so every install runs them.
   "headerTimeoutSeconds" $v.server.headerTimeoutSeconds
   "idleTimeoutSeconds" $v.server.idleTimeoutSeconds
 ) }}
+{{- if eq $v.tls.mode "selfManaged" }}
+{{- $fullname := include "image-proxy-webhook.fullname" . }}
+{{- $_ := set $config "selfManagedTLS" (dict
+  "secretName" (include "image-proxy-webhook.tlsSecretName" .)
+  "dnsNames" (include "image-proxy-webhook.selfManagedNames" . | fromJsonArray)
+  "mutatingWebhookConfiguration" $fullname
+  "validatingWebhookConfiguration" (ternary $fullname "" $v.validatingWebhook.enabled)
+  "caValidityDays" $v.tls.selfManaged.caValidityDays
+  "certValidityDays" $v.tls.selfManaged.certValidityDays
+  "checkIntervalSeconds" $v.tls.selfManaged.checkIntervalSeconds
+) }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
