@@ -6,9 +6,50 @@ import base64
 import copy
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import jsonpatch
+
+from webhook.config import Visibility
+from webhook.images import ImageRef
+from webhook.policy import Repository
+
+# Config files (as parsed YAML) for the rule tests: visibility from overrides alone.
+ONLINE_CONFIG: dict[str, Any] = {
+    "appSlug": "my-app",
+    "licenseID": "lic",
+    "namespaces": ["my-app"],
+    "visibility": {
+        "overrides": [
+            {"match": "quay.io/private-org/*", "visibility": "private"},
+            {"match": "quay.io/my-org/*", "visibility": "private"},
+            {"match": "docker.io/library/*", "visibility": "public"},
+            {"match": "docker.io/acme/*", "visibility": "private"},
+            {"match": "registry.example.com:5000/*", "visibility": "private"},
+            {"match": "ghcr.io/public/*", "visibility": "public"},
+        ]
+    },
+}
+AIRGAP_CONFIG: dict[str, Any] = {
+    "appSlug": "my-app",
+    "mode": "airgap",
+    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
+}
+
+
+class StaticResolver:
+    """Fakes the registry probes with a fixed table (unknown when absent); records the asks."""
+
+    def __init__(self, table: Mapping[Repository, Visibility] | None = None) -> None:
+        self.table = dict(table or {})
+        self.asked: list[Repository] = []
+
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        self.asked.extend(wanted)
+        return {key: self.table[key] for key in wanted if key in self.table}
 
 
 def pod(
@@ -19,8 +60,12 @@ def pod(
     ephemeral: tuple[str, ...] = (),
     pull_secrets: list[dict[str, str]] | None = None,
     annotations: dict[str, str] | None = None,
+    image_volumes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Pod whose containers are named c0, c1, ... (init i0..., ephemeral e0...)."""
+    """A Pod whose containers are named c0, c1, ... (init i0..., ephemeral e0...).
+
+    ``image_volumes``: volume name → ``spec.volumes[].image.reference``.
+    """
     spec: dict[str, Any] = {
         "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
     }
@@ -29,6 +74,11 @@ def pod(
     if ephemeral:
         spec["ephemeralContainers"] = [
             {"name": f"e{i}", "image": im} for i, im in enumerate(ephemeral)
+        ]
+    if image_volumes is not None:
+        spec["volumes"] = [
+            {"name": name, "image": {"reference": ref, "pullPolicy": "IfNotPresent"}}
+            for name, ref in image_volumes.items()
         ]
     if pull_secrets is not None:
         spec["imagePullSecrets"] = pull_secrets
@@ -84,3 +134,32 @@ def apply(answer: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
 
 def images_of(obj: dict[str, Any], key: str = "containers") -> list[str]:
     return [c["image"] for c in obj["spec"].get(key, [])]
+
+
+def volume_images_of(spec: dict[str, Any]) -> dict[str, str]:
+    """Image volume name → reference."""
+    return {v["name"]: v["image"]["reference"] for v in spec.get("volumes", []) if "image" in v}
+
+
+def workload(kind: str, template_spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    """A workload of ``kind`` whose pod template has this spec (a CronJob nests it)."""
+    template = {"metadata": {"labels": {"app": "w"}}, "spec": template_spec}
+    spec: dict[str, Any] = {"template": template}
+    if kind == "CronJob":
+        spec = {"schedule": "@hourly", "jobTemplate": {"spec": {"template": template}}}
+    api = {"ReplicationController": "v1", "Job": "batch/v1", "CronJob": "batch/v1"}
+    return {
+        "apiVersion": api.get(kind, "apps/v1"),
+        "kind": kind,
+        "metadata": {"name": "w", "namespace": "my-app", **metadata},
+        "spec": spec,
+    }
+
+
+def template_of(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a workload made by :func:`workload`."""
+    spec = obj["spec"]
+    template: dict[str, Any] = (
+        spec["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else spec["template"]
+    )
+    return template

@@ -101,15 +101,15 @@ async def _manifests(
     """The decision for every document, as the webhook would take it on CREATE."""
     async with _resolver(settings, offline) as resolver:
         admitter = Admitter(settings, resolver=resolver)
-        request = policy.Request("CREATE")
         deadline = asyncio.get_running_loop().time() + settings.server.admission_deadline_seconds
         results = []
         for doc in docs:
-            template = None
+            decision = policy.Decision()
             if isinstance(doc, dict):
                 kind = str(doc.get("kind") or "")
-                template = review.covered_template(kind, _namespace(doc), doc, settings)
-            results.append((doc, await admitter.decide(template, request, deadline)))
+                request = policy.Request(kind, doc, namespace=_namespace(doc))
+                decision = await admitter.decide(request, deadline)
+            results.append((doc, decision))
         return results
 
 
@@ -135,7 +135,7 @@ def rewrite(settings: Settings, args: argparse.Namespace, out: TextIO, err: Text
     rewritten = []
     for doc, decision in asyncio.run(_manifests(settings, docs, args.offline)):
         where = _describe(doc)
-        for warning in decision.warnings:
+        for warning in decision.details:  # in full: no API server truncates them here
             print(f"warning: {where}: {warning}", file=err)
         for denial in decision.denials:
             print(f"denied: {where}: {denial}", file=err)

@@ -1,4 +1,8 @@
-"""One admission from end to end: parse, resolve visibility, decide, ensure the secret, respond.
+"""One admission from end to end, in one pass down the request path.
+
+Read the review → plan (the pod spec, the images the request changes, each parsed
+once, and the repositories to probe) → resolve visibility → decide → ensure the
+pull secret → respond.
 
 The I/O it needs (registry probes, the API server) comes in through two small
 protocols, so the server, the CLI and the tests drive the same code.
@@ -17,7 +21,7 @@ from webhook import podspec, policy, review
 from webhook.config import Settings, Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
-from webhook.podspec import WORKLOAD_TEMPLATES, PodTemplate
+from webhook.podspec import WORKLOAD_TEMPLATES
 from webhook.policy import Decision, Repository, Request
 
 log = logging.getLogger(__name__)
@@ -83,16 +87,14 @@ class Admitter:
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
 
-    async def decide(
-        self, template: PodTemplate | None, request: Request, deadline: float
-    ) -> Decision:
-        """The decision for one pod spec, probing what the overrides do not settle."""
+    async def decide(self, request: Request, deadline: float) -> Decision:
+        """The decision for one object, probing what the overrides do not settle."""
+        planned = policy.plan(request, self.settings, self.webhook_namespace)
         visibilities: dict[Repository, Visibility] = {}
-        wanted = policy.repositories_to_probe(template, self.settings)
-        if wanted and self.resolver is not None:
+        if planned.to_probe and self.resolver is not None:
             remaining = deadline - asyncio.get_running_loop().time()
-            visibilities = await self.resolver.resolve_all(wanted, max(remaining, 0.0))
-        return policy.decide(template, request, visibilities, self.settings)
+            visibilities = await self.resolver.resolve_all(planned.to_probe, max(remaining, 0.0))
+        return policy.decide(planned, visibilities, self.settings)
 
     async def admit(self, body: bytes, endpoint: Endpoint) -> Outcome:
         """Answer one AdmissionReview; ReviewError when the body is not one."""
@@ -101,30 +103,35 @@ class Admitter:
         deadline = loop.time() + self.settings.server.admission_deadline_seconds
         request = review.parse(body)
         self._check_size(request)
-        template = review.template_of(request, self.settings, self.webhook_namespace)
-        decision = await self.decide(template, request.policy_request, deadline)
+        decision = await self.decide(request.policy_request, deadline)
         if endpoint == "validate":
             answer = review.validate_response(request.uid, decision)
         else:
             warning = await self._ensure_secret(request, decision, deadline)
             if warning:
-                decision = _with_warning(decision, warning)
+                decision = replace(
+                    decision,
+                    warnings=(*decision.warnings, warning),
+                    details=(*decision.details, warning),
+                )
             answer = review.mutate_response(request.uid, decision, self.settings.secret_name)
         outcome = Outcome(answer, request, decision, time.perf_counter() - started)
         self._record(outcome, endpoint)
         return outcome
 
     def _check_size(self, request: review.AdmissionRequest) -> None:
-        """Refuse (HTTP 400) an object with more containers than any real Pod has."""
+        """Refuse (HTTP 400) an object, or its old version, with more images than any
+        real Pod has: every image is parsed and decided, so this bounds the work."""
         cap = self.settings.server.max_images_per_object
-        count = podspec.container_count(
-            request.kind, request.object or {}, workloads=self.settings.mutate_workloads
-        )
-        if count > cap:
-            raise review.ReviewError(
-                f"the {request.kind} lists {count} containers, more than "
-                f"server.maxImagesPerObject ({cap})"
+        for which, obj in (("", request.object), ("old ", request.old_object)):
+            count = podspec.image_count(
+                request.kind, obj or {}, workloads=self.settings.mutate_workloads
             )
+            if count > cap:
+                raise review.ReviewError(
+                    f"the {which}{request.kind} lists {count} images, more than "
+                    f"server.maxImagesPerObject ({cap})"
+                )
 
     async def _ensure_secret(
         self, request: review.AdmissionRequest, decision: Decision, deadline: float
@@ -179,8 +186,8 @@ class Admitter:
             fields["reasons"] = list(
                 decision.violations if endpoint == "validate" else decision.denials
             )
-        if decision.warnings:
-            fields["warnings"] = list(decision.warnings)
+        if decision.details:
+            fields["warnings"] = list(decision.details)  # in full; the client gets them short
         log.info(
             "%s %s %s/%s: %s in %.1f ms",
             endpoint,
@@ -198,7 +205,3 @@ def _label(value: str, known: frozenset[str]) -> str:
     if not value:
         return "-"
     return value if value in known else "other"
-
-
-def _with_warning(decision: Decision, warning: str) -> Decision:
-    return replace(decision, warnings=(*decision.warnings, warning))

@@ -16,18 +16,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from webhook import images
+
 _T = TypeVar("_T")
 
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
-# A registry host as it appears in an image reference: name[:port] or [v6]:port.
-_HOST = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
-)
-_PATH = re.compile(
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-)
 
 WEBHOOK_NAMESPACE_ENV = "POD_NAMESPACE"
 # Kubernetes' own namespaces: a webhook outage must never stop the cluster's own Pods.
@@ -283,9 +277,23 @@ def _host(section: _Section, name: str, default: str, *, required: bool = False)
     value = section.get(name, str, default)
     if not value and not required:
         return value
-    if not _HOST.fullmatch(value):
-        raise ConfigError(f"{section.key(name)}: {value!r} is not a registry host (name[:port])")
+    # The host must read as one at the start of an image reference (docs/design.md §1):
+    # a bare "registry" would be taken for a Docker Hub path.
+    if _reads_as(f"{value}/a/b", "a/b") is None:
+        raise ConfigError(
+            f"{section.key(name)}: {value!r} is not a registry host (name[:port], with a '.' "
+            "or a port, or localhost)"
+        )
     return value
+
+
+def _reads_as(image: str, path: str) -> images.ImageRef | None:
+    """The reference when ``image`` parses with this repository path, else None."""
+    try:
+        ref = images.parse(image)
+    except images.InvalidImageError:
+        return None
+    return ref if ref.path == path else None
 
 
 def _overrides(section: _Section) -> tuple[Override, ...]:
@@ -383,65 +391,64 @@ def parse(data: object) -> Settings:
     excluded = _excluded_namespaces(root, namespaces)
     mode = root.choice("mode", Mode, Mode.ONLINE, "online, airgap")
 
-    a = root.section("airgap")
+    airgap_keys = root.section("airgap")
     airgap = AirgapSettings(
-        registry=_host(a, "registry", ""),
-        namespace=a.get("namespace", str, ""),
-        username=a.get("username", str, ""),
-        password_file=a.get("passwordFile", str, ""),
+        registry=_host(airgap_keys, "registry", ""),
+        namespace=airgap_keys.get("namespace", str, ""),
+        username=airgap_keys.get("username", str, ""),
+        password_file=airgap_keys.get("passwordFile", str, ""),
     )
-    if airgap.namespace and not _PATH.fullmatch(airgap.namespace):
-        raise ConfigError(
-            f"airgap.namespace: {airgap.namespace!r} is not a lower-case repository path"
-        )
-    a.done()
+    namespace = airgap.namespace
+    if namespace and _reads_as(f"localhost/{namespace}/a", f"{namespace}/a") is None:
+        raise ConfigError(f"airgap.namespace: {namespace!r} is not a lower-case repository path")
+    airgap_keys.done()
     if mode is Mode.AIRGAP and not airgap.registry:
         raise ConfigError("airgap.registry: required when mode is airgap")
     if mode is Mode.ONLINE and not (license_id or license_id_file):
         raise ConfigError("licenseID or licenseIDFile: required when mode is online")
 
-    v = root.section("visibility")
+    visibility_keys = root.section("visibility")
     visibility = VisibilitySettings(
-        overrides=_overrides(v),
-        on_probe_failure=v.choice(
+        overrides=_overrides(visibility_keys),
+        on_probe_failure=visibility_keys.choice(
             "onProbeFailure", OnProbeFailure, OnProbeFailure.PROXY, "proxy, direct, deny"
         ),
-        ttl_seconds=_positive(v, "ttlSeconds", 3600.0),
-        failure_ttl_seconds=_positive(v, "failureTtlSeconds", 30.0),
-        cache_size=int(_positive(v, "cacheSize", 10000)),
+        ttl_seconds=_positive(visibility_keys, "ttlSeconds", 3600.0),
+        failure_ttl_seconds=_positive(visibility_keys, "failureTtlSeconds", 30.0),
+        cache_size=int(_positive(visibility_keys, "cacheSize", 10000)),
     )
-    v.done()
+    visibility_keys.done()
 
-    p = root.section("probe")
-    insecure = p.strings("insecureRegistries")
+    probe_keys = root.section("probe")
+    insecure = probe_keys.strings("insecureRegistries")
     probe = ProbeSettings(
-        timeout_seconds=_positive(p, "timeoutSeconds", 2.0),
+        timeout_seconds=_positive(probe_keys, "timeoutSeconds", 2.0),
         insecure_registries=frozenset(h.lower() for h in insecure),
-        allow_private_networks=p.get("allowPrivateNetworks", bool, False),
-        max_concurrent=int(_positive(p, "maxConcurrent", 32)),
+        allow_private_networks=probe_keys.get("allowPrivateNetworks", bool, False),
+        max_concurrent=int(_positive(probe_keys, "maxConcurrent", 32)),
     )
-    p.done()
+    probe_keys.done()
 
-    s = root.section("server")
+    server_keys = root.section("server")
     server = ServerSettings(
-        host=s.get("host", str, "0.0.0.0"),
-        port=_port(s, "port", 8443),
-        health_port=_port(s, "healthPort", 8080),
-        cert_file=s.get("certFile", str, ""),
-        key_file=s.get("keyFile", str, ""),
-        admission_deadline_seconds=_positive(s, "admissionDeadlineSeconds", 8.0),
-        shutdown_timeout_seconds=_positive(s, "shutdownTimeoutSeconds", 15.0),
-        max_request_bytes=_count(s, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
-        max_images_per_object=_count(s, "maxImagesPerObject", 1000),
-        max_json_values=_count(s, "maxJsonValues", 250_000),
-        max_admissions_in_flight=_count(s, "maxAdmissionsInFlight", 256),
-        max_body_bytes_in_flight=_count(s, "maxBodyBytesInFlight", 8 * 1024 * 1024),
-        max_connections=_count(s, "maxConnections", 512),
-        tls_handshake_timeout_seconds=_positive(s, "tlsHandshakeTimeoutSeconds", 5.0),
-        header_timeout_seconds=_positive(s, "headerTimeoutSeconds", 5.0),
-        idle_timeout_seconds=_positive(s, "idleTimeoutSeconds", 60.0),
+        host=server_keys.get("host", str, "0.0.0.0"),
+        port=_port(server_keys, "port", 8443),
+        health_port=_port(server_keys, "healthPort", 8080),
+        cert_file=server_keys.get("certFile", str, ""),
+        key_file=server_keys.get("keyFile", str, ""),
+        admission_deadline_seconds=_positive(server_keys, "admissionDeadlineSeconds", 8.0),
+        shutdown_timeout_seconds=_positive(server_keys, "shutdownTimeoutSeconds", 15.0),
+        max_request_bytes=_count(server_keys, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
+        max_images_per_object=_count(server_keys, "maxImagesPerObject", 1000),
+        max_json_values=_count(server_keys, "maxJsonValues", 250_000),
+        max_admissions_in_flight=_count(server_keys, "maxAdmissionsInFlight", 256),
+        max_body_bytes_in_flight=_count(server_keys, "maxBodyBytesInFlight", 8 * 1024 * 1024),
+        max_connections=_count(server_keys, "maxConnections", 512),
+        tls_handshake_timeout_seconds=_positive(server_keys, "tlsHandshakeTimeoutSeconds", 5.0),
+        header_timeout_seconds=_positive(server_keys, "headerTimeoutSeconds", 5.0),
+        idle_timeout_seconds=_positive(server_keys, "idleTimeoutSeconds", 60.0),
     )
-    s.done()
+    server_keys.done()
     if server.max_body_bytes_in_flight < server.max_request_bytes:
         raise ConfigError(
             "server.maxBodyBytesInFlight: must be at least server.maxRequestBytes "

@@ -1,8 +1,9 @@
 """Where the pod specs and their images are in each kind of object (pure).
 
-Every kind is described by the JSON pointer of its pod template; containers are
-then walked the same way for every kind. Objects come from the API server but are
-treated as untrusted shapes: anything that is not where it should be is skipped.
+Every kind is described by the JSON pointer of its pod template; images are then
+enumerated the same way for every kind, in one place (:func:`_images`). Objects
+come from the API server but are treated as untrusted shapes: anything that is not
+where it should be is skipped.
 """
 
 from __future__ import annotations
@@ -12,24 +13,58 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+VOLUMES = "volumes"
+# Each list of a pod spec that holds images -> where the image is in one of its entries.
+IMAGE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((list_name, ("image",)) for list_name in CONTAINER_LISTS),
+    (VOLUMES, ("image", "reference")),  # image volumes (Kubernetes 1.31+)
+)
+# Key prefix of an image volume in the original-images record: container names are
+# DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
+VOLUME_KEY_PREFIX = "volume:"
 
-# kind -> pointer of the pod template (its "metadata" and "spec" live under it).
-WORKLOAD_TEMPLATES: Mapping[str, str] = {
-    "Deployment": "/spec/template",
-    "StatefulSet": "/spec/template",
-    "DaemonSet": "/spec/template",
-    "ReplicaSet": "/spec/template",
-    "ReplicationController": "/spec/template",
-    "Job": "/spec/template",
-    "CronJob": "/spec/jobTemplate/spec/template",
-}
+# The workload kinds: (API group, kind, pointer of the pod template, whose "metadata"
+# and "spec" live under it).
+_WORKLOADS = (
+    ("apps", "Deployment", "/spec/template"),
+    ("apps", "StatefulSet", "/spec/template"),
+    ("apps", "DaemonSet", "/spec/template"),
+    ("apps", "ReplicaSet", "/spec/template"),
+    ("", "ReplicationController", "/spec/template"),
+    ("batch", "Job", "/spec/template"),
+    ("batch", "CronJob", "/spec/jobTemplate/spec/template"),
+)
+WORKLOAD_TEMPLATES: Mapping[str, str] = {kind: pointer for _, kind, pointer in _WORKLOADS}
+# To recognise a workload in an ownerReference, by its apiVersion's group.
+WORKLOAD_GROUPS: Mapping[str, str] = {kind: group for group, kind, _ in _WORKLOADS}
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerImage:
-    pointer: str  # JSON pointer of the image field
-    container: str  # container name ("" when missing)
+class ImageField:
+    """One image in a pod spec: a container's ``image`` or an image volume's ``reference``."""
+
+    pointer: str  # JSON pointer of the image string
+    list_name: str  # a CONTAINER_LISTS entry, or VOLUMES
+    name: str  # the container's or the volume's name ("" when missing)
     image: str
+
+    @property
+    def place(self) -> tuple[str, str]:
+        """Where the image is, to find the same one in oldObject."""
+        return (self.list_name, self.name)
+
+    @property
+    def record_key(self) -> str:
+        """Its key in the original-images record (docs/design.md §1)."""
+        return VOLUME_KEY_PREFIX + self.name if self.list_name == VOLUMES else self.name
+
+    @property
+    def what(self) -> str:
+        return "image volume" if self.list_name == VOLUMES else "container"
+
+    @property
+    def field_name(self) -> str:
+        return "reference" if self.list_name == VOLUMES else "image"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +75,7 @@ class PodTemplate:
     metadata: Mapping[str, Any] | None
     spec: Mapping[str, Any]
     spec_pointer: str
-    images: tuple[ContainerImage, ...]
+    images: tuple[ImageField, ...]
     # False for the pre-1.22 EphemeralContainers object: it carries no imagePullSecrets,
     # so whether the pod lists the pull secret cannot be told from the request.
     shows_pull_secrets: bool = True
@@ -50,28 +85,34 @@ class PodTemplate:
         return f"{self.pointer}/metadata"
 
 
-def _child(parent: object, key: str) -> Any:
+def child(parent: object, key: str) -> Any:
+    """``parent[key]`` when parent is a mapping, else None."""
     return parent.get(key) if isinstance(parent, Mapping) else None
 
 
 def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
     node: Any = obj
     for key in pointer.split("/")[1:]:
-        node = _child(node, key)
+        node = child(node, key)
     return node
 
 
-def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ContainerImage]:
-    for list_name in CONTAINER_LISTS:
-        containers = spec.get(list_name)
-        if not isinstance(containers, list):
+def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ImageField]:
+    """Every image of a pod spec: the containers of each list, then the image volumes."""
+    for list_name, field in IMAGE_FIELDS:
+        entries = spec.get(list_name)
+        if not isinstance(entries, list):
             continue
-        for index, container in enumerate(containers):
-            image = _child(container, "image")
+        suffix = "/".join(field)
+        for index, entry in enumerate(entries):
+            image = entry
+            for key in field:
+                image = child(image, key)
             if isinstance(image, str):
-                name = _child(container, "name")
-                yield ContainerImage(
-                    f"{spec_pointer}/{list_name}/{index}/image",
+                name = child(entry, "name")
+                yield ImageField(
+                    f"{spec_pointer}/{list_name}/{index}/{suffix}",
+                    list_name,
                     name if isinstance(name, str) else "",
                     image,
                 )
@@ -91,9 +132,10 @@ def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTem
     )
 
 
-def container_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
-    """How many containers the object's pod spec lists, counted without walking them
-    (a cap on it keeps the cost of a hostile object bounded)."""
+def image_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
+    """How many images the object's pod spec holds, counted without parsing any (a cap
+    on it keeps the cost of a hostile object bounded): every container, and every
+    volume that is an image volume."""
     if kind == "EphemeralContainers":
         spec: Any = obj
     elif kind == "Pod":
@@ -105,7 +147,11 @@ def container_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> in
     if not isinstance(spec, Mapping):
         return 0
     lists = (spec.get(name) for name in CONTAINER_LISTS)
-    return sum(len(containers) for containers in lists if isinstance(containers, list))
+    count = sum(len(containers) for containers in lists if isinstance(containers, list))
+    volumes = spec.get(VOLUMES)
+    if isinstance(volumes, list):
+        count += sum(1 for volume in volumes if isinstance(child(volume, "image"), Mapping))
+    return count
 
 
 def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate | None:
@@ -121,3 +167,29 @@ def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate |
         pointer = WORKLOAD_TEMPLATES[kind]
         return _template(obj, pointer, f"{pointer}/spec")
     return None
+
+
+def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The object's own metadata.annotations (empty when missing or malformed)."""
+    found = child(child(obj, "metadata"), "annotations")
+    return found if isinstance(found, Mapping) else {}
+
+
+def controller_kind(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(API group, kind) of the object's controller (ownerReferences[].controller: true)."""
+    owners = child(child(obj, "metadata"), "ownerReferences")
+    if not isinstance(owners, list):
+        return None
+    for owner in owners:
+        if child(owner, "controller") is True:
+            api_version, kind = child(owner, "apiVersion"), child(owner, "kind")
+            if isinstance(api_version, str) and isinstance(kind, str):
+                group = api_version.rpartition("/")[0]
+                return (group, kind)
+    return None
+
+
+def owned_by_workload(obj: Mapping[str, Any]) -> bool:
+    """Whether the object's controller is a workload kind whose template is rewritten."""
+    owner = controller_kind(obj)
+    return owner is not None and WORKLOAD_GROUPS.get(owner[1]) == owner[0]

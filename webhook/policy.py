@@ -1,14 +1,21 @@
-"""The rewrite decision (docs/design.md §1): a pure function of object, visibilities, settings."""
+"""The rewrite decision (docs/design.md §1): a pure function of object, visibilities, settings.
+
+One admission goes down this module once: :func:`plan` finds the pod spec the
+request is about (coverage), keeps the images the request changes and parses each
+of them once, naming the repositories whose visibility only a probe can tell;
+:func:`decide` then takes the probe results and says what to rewrite, add, refuse
+and warn about.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from webhook import images
+from webhook import images, podspec
 from webhook.config import (
     UPSTREAM_REGISTRY_DOMAIN,
     Mode,
@@ -17,17 +24,75 @@ from webhook.config import (
     Visibility,
 )
 from webhook.images import ImageRef, InvalidImageError
-from webhook.podspec import PodTemplate
+from webhook.podspec import ImageField, PodTemplate
 
 ORIGINAL_IMAGES_ANNOTATION = "image-proxy-webhook.io/original-images"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"  # the API server's copy of a static Pod
+MUTATED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 Repository = tuple[str, str]  # (normalised domain, path): the visibility cache key
+
+# Warnings reach the client through the API server, which may truncate one over 256
+# characters; names and images in them are shortened to keep each near 120.
+WARNING_MAX = 256
+_NAME_SHOWN = 40
+_IMAGE_SHOWN = 80
+_PROBLEM_SHOWN = 80  # with the name and image shown, at most 256 in all
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the decision depends on: the object and how the request changes it."""
+
+    kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
+    object: Mapping[str, Any] | None
+    operation: str = "CREATE"
+    subresource: str = ""
+    namespace: str = ""
+    old_object: Mapping[str, Any] | None = None  # on UPDATE
+
+    @property
+    def may_add_secret(self) -> bool:
+        # On a Pod UPDATE and on pods/ephemeralcontainers only images may change:
+        # adding imagePullSecrets would make the API server refuse the whole request.
+        # A workload's template is free to change on UPDATE.
+        if self.subresource:
+            return False
+        return self.operation == "CREATE" or self.kind in podspec.WORKLOAD_TEMPLATES
+
+    @property
+    def may_annotate(self) -> bool:
+        # The ephemeralcontainers subresource drops metadata changes.
+        return not self.subresource
+
+
+class PlannedImage(NamedTuple):
+    """One image the request changes, parsed once.
+
+    A NamedTuple, not a frozen dataclass: one is built per image on every admission,
+    and a frozen dataclass takes about twice as long to build.
+    """
+
+    field: ImageField
+    ref: ImageRef | InvalidImageError  # the error when the image is not a valid reference
+    override: Visibility | None = None  # the visibility an override gives, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The pod spec a request is about, the images to decide and the repositories to probe."""
+
+    request: Request
+    template: PodTemplate | None = None
+    images: tuple[PlannedImage, ...] = ()
+    # One reference per repository: visibility is a property of the repository.
+    to_probe: Mapping[Repository, ImageRef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     pointer: str
-    container: str
+    key: str  # the image's key in the original-images record
     original: str
     image: str
 
@@ -38,7 +103,8 @@ class Decision:
 
     ``denials`` refuse the object in both endpoints; ``violations`` are what the
     validating endpoint refuses (denials, plus images that should have been
-    rewritten or cannot be); ``warnings`` go back to the client.
+    rewritten or cannot be); ``warnings`` go back to the client, short, and
+    ``details`` say the same in full for the log.
     """
 
     template: PodTemplate | None = None
@@ -50,60 +116,88 @@ class Decision:
     denials: tuple[str, ...] = ()
     violations: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-
-    @property
-    def allowed(self) -> bool:
-        return not self.denials
+    details: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """The parts of an admission request the decision depends on."""
-
-    operation: str  # CREATE | UPDATE
-    subresource: str = ""
-
-    @property
-    def may_add_secret(self) -> bool:
-        # On UPDATE and on pods/ephemeralcontainers only images may change: adding
-        # imagePullSecrets would make the API server refuse the whole request.
-        return self.operation == "CREATE" and not self.subresource
-
-    @property
-    def may_annotate(self) -> bool:
-        # The ephemeralcontainers subresource drops metadata changes.
-        return not self.subresource
+# --- coverage and plan --------------------------------------------------------------
 
 
-def parse_image(image: str) -> ImageRef | None:
-    try:
-        return images.parse(image)
-    except InvalidImageError:
+def covered_template(
+    request: Request, settings: Settings, webhook_namespace: str = ""
+) -> PodTemplate | None:
+    """The pod spec this request asks about, or None when the webhook leaves it alone."""
+    obj = request.object
+    if request.operation not in MUTATED_OPERATIONS or obj is None:
         return None
+    if request.namespace and not settings.covers(request.namespace, webhook_namespace):
+        return None
+    if MIRROR_ANNOTATION in podspec.annotations_of(obj):
+        return None  # a static Pod's mirror: the kubelet owns it
+    if request.kind in podspec.WORKLOAD_TEMPLATES:
+        if podspec.owned_by_workload(obj):
+            return None  # its owner's template is rewritten; rewriting this one makes a loop
+        if request.kind == "Job" and request.operation == "UPDATE":
+            return None  # a Job's template is immutable
+    return podspec.find(request.kind, obj, workloads=settings.mutate_workloads)
 
 
-def repositories_to_probe(
-    template: PodTemplate | None, settings: Settings
-) -> dict[Repository, ImageRef]:
-    """Repositories whose visibility the decision needs and no override gives.
-
-    One reference per repository: visibility is a property of the repository.
-    """
-    if template is None or settings.mode is Mode.AIRGAP:
+def _unchanged(request: Request) -> Mapping[tuple[str, str], str]:
+    """On UPDATE, each image of oldObject by its place (list and name)."""
+    if request.operation != "UPDATE" or request.old_object is None:
         return {}
-    wanted: dict[Repository, ImageRef] = {}
+    old = podspec.find(request.kind, request.old_object, workloads=True)
+    return {image.place: image.image for image in old.images} if old is not None else {}
+
+
+def plan(request: Request, settings: Settings, webhook_namespace: str = "") -> Plan:
+    """The images this request changes, each parsed once, and the repositories to probe.
+
+    On UPDATE an image equal to the one at the same place in oldObject is not
+    decided at all: label, annotation and finalizer updates always pass.
+    """
+    template = covered_template(request, settings, webhook_namespace)
+    if template is None or not template.images:
+        return Plan(request, template)
+    unchanged = _unchanged(request)
+    online = settings.mode is Mode.ONLINE
     own_hosts = {settings.proxy_domain, settings.registry_domain, UPSTREAM_REGISTRY_DOMAIN}
     overrides = settings.visibility.overrides
-    for container in template.images:
-        ref = parse_image(container.image)
-        if ref is None or ref.domain in own_hosts:
+    planned: list[PlannedImage] = []
+    to_probe: dict[Repository, ImageRef] = {}
+    for image in template.images:
+        if unchanged and unchanged.get(image.place) == image.image:
             continue
-        key = (ref.domain, ref.path)
-        if key not in wanted and (
-            not overrides or settings.visibility.override_for(ref.repository) is None
-        ):
-            wanted[key] = ref
-    return wanted
+        try:
+            ref = images.parse(image.image)
+        except InvalidImageError as exc:
+            planned.append(PlannedImage(image, exc))
+            continue
+        override = None
+        if online and ref.domain not in own_hosts:
+            override = settings.visibility.override_for(ref.repository) if overrides else None
+            if override is None:
+                to_probe.setdefault((ref.domain, ref.path), ref)
+        planned.append(PlannedImage(image, ref, override=override))
+    return Plan(request, template, tuple(planned), to_probe)
+
+
+# --- decision -----------------------------------------------------------------------
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (both ends stay readable)."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 3) // 3
+    return f"{text[: limit - 3 - tail]}...{text[len(text) - tail :]}"
+
+
+def _label(image: ImageField, shown: str, *, short: bool = False) -> str:
+    """``container 'name' image 'ref'``; shortened for a warning."""
+    name, text = repr(image.name), repr(shown)
+    if short:
+        name, text = shorten(name, _NAME_SHOWN), shorten(text, _IMAGE_SHOWN)
+    return f"{image.what} {name} {image.field_name} {text}"
 
 
 def _secret_listed(spec: Mapping[str, Any], name: str) -> bool:
@@ -111,10 +205,6 @@ def _secret_listed(spec: Mapping[str, Any], name: str) -> bool:
     return isinstance(secrets, list) and any(
         isinstance(s, Mapping) and s.get("name") == name for s in secrets
     )
-
-
-def _label(container: str, image: str) -> str:
-    return f"container {container!r} image {image!r}"
 
 
 class _Builder:
@@ -126,75 +216,110 @@ class _Builder:
         self.denials: list[str] = []
         self.violations: list[str] = []
         self.warnings: list[str] = []
+        self.details: list[str] = []
         self.needs_secret = False
 
     def deny(self, message: str) -> None:
         self.denials.append(message)
         self.violations.append(message)
 
-    def rewrite(self, pointer: str, container: str, original: str, image: str) -> None:
-        self.rewrites.append(Rewrite(pointer, container, original, image))
+    def warn(self, short: str, detail: str, *, violation: bool = False) -> None:
+        self.warnings.append(short)
+        self.details.append(detail)
+        if violation:
+            self.violations.append(detail)
 
-    def online(self, pointer: str, container: str, ref: ImageRef, visibility: Visibility) -> None:
+    def warn_about(
+        self, image: ImageField, shown: str, reason: str, detail: str, *, violation: bool = False
+    ) -> None:
+        """A warning about one image: ``reason`` follows the short label, ``detail`` the full."""
+        self.warn(
+            _label(image, shown, short=True) + reason,
+            _label(image, shown) + detail,
+            violation=violation,
+        )
+
+    def rewrite(self, image: ImageField, original: str, new: str) -> None:
+        self.rewrites.append(Rewrite(image.pointer, image.record_key, original, new))
+
+    def invalid(self, image: ImageField, error: InvalidImageError) -> None:
+        name = shorten(repr(image.name), _NAME_SHOWN)
+        shown = shorten(repr(error.image), _IMAGE_SHOWN)
+        problem = shorten(error.problem, _PROBLEM_SHOWN)
+        self.warn(
+            f"{image.what} {name} left unchanged: invalid image reference {shown}: {problem}",
+            f"{image.what} {image.name!r} left unchanged: {error}",
+            violation=True,
+        )
+
+    def online(self, image: ImageField, ref: ImageRef, visibility: Visibility) -> None:
         s = self.settings
         if ref.domain in (s.proxy_domain, s.registry_domain):  # already proxied, or the vendor's
             self.needs_secret = True
             return
         if visibility is Visibility.PUBLIC and ref.domain != UPSTREAM_REGISTRY_DOMAIN:
             return  # the common case: nothing to say, so no message is formatted
-        label = _label(container, ref.original)
         if ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
             self.needs_secret = True
             new = images.format_image(s.registry_domain, ref.path, ref.suffix)
-            self.rewrite(pointer, container, ref.original, new)
-            self.violations.append(f"{label} must use the registry domain: use {new!r}")
+            self.rewrite(image, ref.original, new)
+            self.violations.append(
+                f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
+            )
             return
         if visibility is Visibility.PUBLIC:
             return
         if visibility is Visibility.INTERNAL:
-            self.warnings.append(
-                f"{label}: its registry is on an internal address, which the webhook does not "
-                "probe and the proxy cannot reach; left unchanged (add a visibility override "
-                "to route it)"
+            self.warn_about(
+                image,
+                ref.original,
+                ": registry on an internal address, left unchanged "
+                "(add a visibility override to route it)",
+                ": its registry is on an internal address, which the webhook does not probe and "
+                "the proxy cannot reach; left unchanged (add a visibility override to route it)",
             )
             return
         if visibility is Visibility.UNKNOWN:
             failure = s.visibility.on_probe_failure
             if failure is OnProbeFailure.DENY:
                 self.deny(
-                    f"{label}: the registry could not be checked for anonymous access "
-                    "and onProbeFailure is deny; retry shortly"
+                    f"{_label(image, ref.original)}: the registry could not be checked for "
+                    "anonymous access and onProbeFailure is deny; retry shortly"
                 )
                 return
             if failure is OnProbeFailure.DIRECT:
-                self.warnings.append(
-                    f"{label}: registry visibility unknown; left unchanged (onProbeFailure: direct)"
-                )
+                reason = ": registry visibility unknown; left unchanged (onProbeFailure: direct)"
+                self.warn_about(image, ref.original, reason, reason)
                 return
         new = images.proxied(ref, s.proxy_domain, s.app_slug)
-        shape = f"{s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>"
-        problem = None
+        problem = ""
         if ref.has_port:
-            problem = "its registry has a port, which cannot be carried in the proxy path " + shape
-        elif parse_image(new) is None:
+            problem = "its registry has a port, which cannot be carried in the proxy path"
+        elif _parse(new) is None:
             # An IPv6 literal cannot be a path segment; a long name can outgrow the
             # 255-character limit once the proxy prefix is added. Writing an image
             # that does not parse would break the pod for sure.
-            problem = f"the proxied reference {shape} would not be a valid image reference"
-        if problem is not None:
-            message = f"{label} is private but {problem}; left unchanged"
-            self.warnings.append(message)
-            self.violations.append(message)
+            problem = "the proxied reference would not be a valid image reference"
+        if problem:
+            shape = f"{s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>"
+            self.warn_about(
+                image,
+                ref.original,
+                f" is private but {problem}; left unchanged",
+                f" is private but {problem} ({shape}); left unchanged",
+                violation=True,
+            )
             return
         self.needs_secret = True
-        self.rewrite(pointer, container, ref.original, new)
+        self.rewrite(image, ref.original, new)
         self.violations.append(
-            f"{label} is private and must be pulled through the proxy: use {new!r}"
+            f"{_label(image, ref.original)} is private and must be pulled through the proxy: "
+            f"use {new!r}"
         )
 
-    def airgap(self, pointer: str, container: str, ref: ImageRef) -> None:
+    def airgap(self, image: ImageField, ref: ImageRef) -> None:
         s = self.settings.airgap
-        label = _label(container, ref.original)
+        label = _label(image, ref.original)
         if ref.digest is not None:
             self.deny(
                 f"{label} is pinned by digest, which air-gap mode cannot serve from the local "
@@ -205,83 +330,87 @@ class _Builder:
         if ref.domain == s.registry.lower():
             return
         new = images.airgapped(ref, s.registry, s.namespace)
-        if parse_image(new) is None:
+        if _parse(new) is None:
             # e.g. a long last segment under a long namespace outgrows 255 characters
             self.deny(
                 f"{label} cannot be served from the local registry: {new!r} would not be "
                 "a valid image reference; use a shorter repository name"
             )
             return
-        self.rewrite(pointer, container, ref.original, new)
+        self.rewrite(image, ref.original, new)
         self.violations.append(f"{label} must come from the local registry: use {new!r}")
 
-    def decision(self) -> Decision:
+    def secret(self) -> bool:
+        """Whether to add the pull secret; a warning when it is missing and cannot be."""
         s, request = self.settings, self.request
         missing = self.needs_secret and not _secret_listed(self.template.spec, s.secret_name)
-        add_secret = missing and request.may_add_secret
-        if add_secret:
+        if not missing:
+            return False
+        if request.may_add_secret:
             self.violations.append(f"pod needs imagePullSecret {s.secret_name!r}")
-        elif missing:
-            where = (
-                f"{request.operation} of {request.subresource}"
-                if request.subresource
-                else request.operation
-            )
+            return True
+        where = request.operation + (f" of {request.subresource}" if request.subresource else "")
+
+        def text(name: str) -> str:
             if self.template.shows_pull_secrets:
-                self.warnings.append(
-                    f"pod needs imagePullSecret {s.secret_name!r}, which cannot be added on "
-                    f"{where}; recreate the pod so it can pull its private images"
+                return (
+                    f"pod needs imagePullSecret {name}, which cannot be added on {where}; "
+                    "recreate the pod so it can pull its private images"
                 )
-            else:
-                # Kubernetes before 1.22: the request holds the ephemeral containers only.
-                self.warnings.append(
-                    f"pod needs imagePullSecret {s.secret_name!r} for these images; {where} "
-                    "cannot add it and does not show the pod's imagePullSecrets: if the pod "
-                    "does not list it, recreate the pod so it can pull its private images"
-                )
-        originals = {r.container: r.original for r in self.rewrites}
+            # Kubernetes before 1.22: the request holds the ephemeral containers only.
+            return (
+                f"pod needs imagePullSecret {name} for these images; {where} can neither "
+                "add it nor show whether the pod lists it: if not, recreate the pod"
+            )
+
+        self.warn(text(shorten(repr(s.secret_name), _NAME_SHOWN)), text(repr(s.secret_name)))
+        return False
+
+    def decision(self) -> Decision:
+        add_secret = self.secret()
         return Decision(
             template=self.template,
             rewrites=tuple(self.rewrites),
             needs_secret=self.needs_secret,
             add_secret=add_secret,
             annotate=bool(self.rewrites) and self.request.may_annotate,
-            original_images=originals,
+            original_images={r.key: r.original for r in self.rewrites},
             denials=tuple(self.denials),
             violations=tuple(self.violations),
             warnings=tuple(self.warnings),
+            details=tuple(self.details),
         )
 
 
+def _parse(image: str) -> ImageRef | None:
+    try:
+        return images.parse(image)
+    except InvalidImageError:
+        return None
+
+
 def decide(
-    template: PodTemplate | None,
-    request: Request,
-    visibilities: Mapping[Repository, Visibility],
-    settings: Settings,
+    planned: Plan, visibilities: Mapping[Repository, Visibility], settings: Settings
 ) -> Decision:
-    """Decide the rewrites, pull secret, denials and warnings for one pod spec.
+    """Decide the rewrites, pull secret, denials and warnings for the planned images.
 
     ``visibilities`` holds the probe results; overrides in the settings come first,
     and a repository found in neither is unknown and follows ``onProbeFailure``.
     """
-    if template is None:
+    if planned.template is None:
         return Decision()
-    builder = _Builder(settings, request, template)
-    overrides = settings.visibility.overrides
-    for container in template.images:
-        try:
-            ref = images.parse(container.image)
-        except InvalidImageError as exc:
-            message = f"container {container.container!r} left unchanged: {exc}"
-            builder.warnings.append(message)
-            builder.violations.append(message)
-            continue
-        if settings.mode is Mode.AIRGAP:
-            builder.airgap(container.pointer, container.container, ref)
-            continue
-        override = settings.visibility.override_for(ref.repository) if overrides else None
-        visibility = override or visibilities.get((ref.domain, ref.path), Visibility.UNKNOWN)
-        builder.online(container.pointer, container.container, ref, visibility)
+    builder = _Builder(settings, planned.request, planned.template)
+    airgap = settings.mode is Mode.AIRGAP
+    for item in planned.images:
+        if isinstance(item.ref, InvalidImageError):
+            builder.invalid(item.field, item.ref)
+        elif airgap:
+            builder.airgap(item.field, item.ref)
+        else:
+            visibility = item.override or visibilities.get(
+                (item.ref.domain, item.ref.path), Visibility.UNKNOWN
+            )
+            builder.online(item.field, item.ref, visibility)
     return builder.decision()
 
 

@@ -60,6 +60,7 @@ from yarl import URL
 
 from webhook.config import ProbeSettings, Visibility
 from webhook.egress import Egress
+from webhook.images import DOCKER_HUB_ALIASES
 from webhook.netguard import (
     GuardedResolver,
     GuardMiddleware,
@@ -82,7 +83,6 @@ MANIFEST_ACCEPT = ", ".join(
 )
 USER_AGENT = "image-proxy-webhook (anonymous visibility probe)"
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
-_DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 MAX_REDIRECTS = 3
 BODY_CAP = 64 * 1024  # a token response is a few KiB
 DEFAULT_TOKEN_SECONDS = 60.0  # distribution's token spec: expires_in defaults to 60
@@ -275,7 +275,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def registry_host(domain: str) -> str:
     """The host:port the registry API lives on (Docker Hub's API is on registry-1)."""
-    return DOCKER_HUB_REGISTRY if domain.lower() in _DOCKER_HUB_NAMES else domain.lower()
+    return DOCKER_HUB_REGISTRY if domain.lower() in DOCKER_HUB_ALIASES else domain.lower()
 
 
 def manifest_url(domain: str, path: str, reference: str, guard: NetGuard) -> URL:

@@ -15,19 +15,18 @@ from typing import Any, Literal, NotRequired, TypedDict
 import jsonpatch
 import orjson
 
-from webhook import podspec
-from webhook.config import Settings
-from webhook.podspec import PodTemplate
 from webhook.policy import (
+    MUTATED_OPERATIONS,
     ORIGINAL_IMAGES_ANNOTATION,
+    WARNING_MAX,
     Decision,
     Request,
     original_images_annotation,
+    shorten,
 )
 
 API_VERSION = "admission.k8s.io/v1"
 AUDIT_ANNOTATION = "original-images"  # the API server prefixes it with the webhook name
-MUTATED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 
 class ReviewError(ValueError):
@@ -71,10 +70,18 @@ class AdmissionRequest:
     name: str
     dry_run: bool
     object: Mapping[str, Any] | None
+    old_object: Mapping[str, Any] | None = None
 
     @property
     def policy_request(self) -> Request:
-        return Request(self.operation, self.subresource)
+        return Request(
+            self.kind,
+            self.object,
+            self.operation,
+            self.subresource,
+            self.namespace,
+            self.old_object,
+        )
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -90,7 +97,8 @@ def parse(body: bytes | str) -> AdmissionRequest:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc):
-            # More than 1024 levels of arrays and objects: the API server never sends this.
+            # orjson stops at 1024 levels of arrays and objects ("depth limit exceeded");
+            # Pods and workloads are far shallower, so only a hostile body gets here.
             raise ReviewError("request body is nested too deeply") from None
         raise ReviewError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(review, dict):
@@ -111,6 +119,7 @@ def parse(body: bytes | str) -> AdmissionRequest:
     operation = _field(request, "operation", str, "request") or ""
     kind = _field(request, "kind", dict, "request") or {}
     obj = _field(request, "object", dict, "request")
+    old = _field(request, "oldObject", dict, "request")
     if obj is None and operation in MUTATED_OPERATIONS:
         raise ReviewError(f"request.object is missing for a {operation} request")
     metadata = obj.get("metadata") if obj else None
@@ -127,31 +136,8 @@ def parse(body: bytes | str) -> AdmissionRequest:
         name=name or _field(request, "name", str, "request") or "",
         dry_run=bool(request.get("dryRun")),
         object=obj,
+        old_object=old,
     )
-
-
-def template_of(
-    request: AdmissionRequest, settings: Settings, webhook_namespace: str = ""
-) -> PodTemplate | None:
-    """The pod spec this request asks about, or None when the webhook leaves it alone."""
-    if request.operation not in MUTATED_OPERATIONS or request.object is None:
-        return None
-    return covered_template(
-        request.kind, request.namespace, request.object, settings, webhook_namespace
-    )
-
-
-def covered_template(
-    kind: str,
-    namespace: str,
-    obj: Mapping[str, Any],
-    settings: Settings,
-    webhook_namespace: str = "",
-) -> PodTemplate | None:
-    """The object's pod spec, if its kind and namespace are covered by the settings."""
-    if namespace and not settings.covers(namespace, webhook_namespace):
-        return None
-    return podspec.find(kind, obj, workloads=settings.mutate_workloads)
 
 
 def _escape(key: str) -> str:
@@ -210,7 +196,9 @@ def _review(response: AdmissionResponse) -> AdmissionReview:
 def allow(uid: str, warnings: Sequence[str] = ()) -> AdmissionReview:
     response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warnings:
-        response["warnings"] = list(warnings)
+        # The API server may truncate a longer warning: the core writes short ones,
+        # this bounds any other (docs/design.md §1).
+        response["warnings"] = [shorten(w, WARNING_MAX) for w in warnings]
     return _review(response)
 
 
@@ -235,12 +223,13 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
         # make_patch's whole-object diff stays out of the hot path.
         patch = jsonpatch.JsonPatch(ops)
         response["patch"] = base64.b64encode(orjson.dumps(patch.patch)).decode("ascii")
-    if decision.original_images:
-        review["response"]["auditAnnotations"] = {
-            AUDIT_ANNOTATION: orjson.dumps(
-                dict(decision.original_images), option=orjson.OPT_SORT_KEYS
-            ).decode()
-        }
+        if decision.original_images:
+            # The same originals as the pod annotation, for the audit log.
+            response["auditAnnotations"] = {
+                AUDIT_ANNOTATION: orjson.dumps(
+                    dict(decision.original_images), option=orjson.OPT_SORT_KEYS
+                ).decode()
+            }
     return review
 
 

@@ -32,6 +32,7 @@ from cachetools import TLRUCache
 from webhook import registry
 from webhook.config import Settings, Visibility, VisibilitySettings
 from webhook.images import ImageRef
+from webhook.policy import Repository
 from webhook.registry import ProbeResult
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Repository = tuple[str, str]  # (normalised domain, path)
 Probe = Callable[[str, str, str], Awaitable[ProbeResult]]
 
 OVERRIDE = "override"

@@ -27,6 +27,7 @@ from kubernetes_asyncio import client as k8s
 
 from tests.e2e.admission_harness import (
     PROBE_OVERRIDE,
+    Answer,
     UnresponsiveKubeAPIServer,
     call,
     certificates,
@@ -53,6 +54,7 @@ from tests.integration.registries import (
     ALL_MANIFESTS,
     Registry,
     can_bind_low_ports,
+    free_loopback_address,
     require_registry_binary,
 )
 from webhook import pullsecrets, tls
@@ -79,15 +81,20 @@ def online_secret(license_id: str = LICENSE) -> dict[str, Any]:
 # --- fixtures --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A private (htpasswd) and a public (anonymous) registry, each on <own 127.x>:80."""
-    binary = require_registry_binary()
+def require_low_ports() -> None:
+    """Portless registry names need port 80 of a loopback address: skip (fail in CI) without."""
     if not can_bind_low_ports():
         message = "e2e: portless registry names need port 80 of a loopback address (run as root)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A private (htpasswd) and a public (anonymous) registry, each on <own 127.x>:80."""
+    binary = require_registry_binary()
+    require_low_ports()
     private = Registry(
         tmp_path_factory.mktemp("private"),
         auth="htpasswd",
@@ -427,9 +434,8 @@ async def test_ephemeral_container_through_the_subresource_is_rewritten(
             # rather than claiming the pod lacks the secret.
             assert answer.warnings == [
                 f"pod needs imagePullSecret {SECRET!r} for these images; UPDATE of "
-                "ephemeralcontainers cannot add it and does not show the pod's "
-                "imagePullSecrets: if the pod does not list it, recreate the pod so it can "
-                "pull its private images"
+                "ephemeralcontainers can neither add it nor show whether the pod lists it: "
+                "if not, recreate the pod"
             ]
         assert dockerconfig_of((await read_secret(api, app, SECRET)).ok()) == online_secret()
 
@@ -1097,3 +1103,150 @@ async def test_all_namespaces_secret_follows_new_namespaces(tmp_path: Path) -> N
                 await manager.close()
     finally:
         await asyncio.to_thread(kube.stop)
+
+
+# --- UPDATE of Pods that exist: only what the request changes is decided -----------------
+
+MERGE_PATCH = "application/merge-patch+json"
+# What controllers and users send to running Pods: labels, then a finalizer on and off.
+METADATA_UPDATES: list[dict[str, Any]] = [
+    {"metadata": {"labels": {"touched": "yes"}}},
+    {"metadata": {"finalizers": ["example.com/hold"]}},
+    {"metadata": {"finalizers": None}},
+]
+
+
+def pod_updates_answered(hook: Any, outcome: str) -> float:
+    """How many Pod UPDATEs the webhook answered on /mutate with this outcome."""
+    metrics = hook.admitter.metrics
+    assert metrics is not None
+    labels = {"endpoint": "mutate", "operation": "UPDATE", "kind": "Pod", "outcome": outcome}
+    value = metrics.registry.get_sample_value(
+        "image_proxy_webhook_admission_requests_total", labels
+    )
+    return value or 0.0
+
+
+async def assert_metadata_updates_pass_unchanged(
+    api: k8s.ApiClient, hook: Any, namespace: str, name: str
+) -> None:
+    """Label and finalizer PATCHes of a Pod reach the webhook and store no other change."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+    before = stored_view(await read_pod(api, namespace, name))
+    answered = pod_updates_answered(hook, "allowed")
+    for change in METADATA_UPDATES:
+        answer = await call(api, "PATCH", path, change, content_type=MERGE_PATCH)
+        assert answer.status == 200, (change, answer.body)
+        assert answer.warnings == [], change
+        assert stored_view(answer.body) == before, change
+    stored = await read_pod(api, namespace, name)
+    assert stored["metadata"]["labels"] == {"touched": "yes"}
+    assert "finalizers" not in stored["metadata"]
+    # The webhook was asked each time, and allowed each update as it was.
+    assert pod_updates_answered(hook, "allowed") == answered + len(METADATA_UPDATES)
+
+
+async def put_image(api: k8s.ApiClient, namespace: str, name: str, image: str) -> Answer:
+    """Change the first container's image with a PUT of the whole Pod."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+    current = (await call(api, "GET", path)).ok()
+    current["spec"]["containers"][0]["image"] = image
+    return await call(api, "PUT", path, current)
+
+
+async def test_metadata_updates_of_existing_pods_pass_while_their_registry_cannot_be_probed(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    """Online, onProbeFailure: proxy (the default). A Pod created before the webhook was
+    registered is how a running workload looks to it; rewriting its unchanged image on a
+    label update would restart the container without the pull secret."""
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    require_low_ports()
+    dead = free_loopback_address()  # nothing listens on its port 80: every probe fails
+    image, setup = f"{dead}/team/app:v1", f"{dead}/team/setup:v1"
+    running = pod("running", {"app": image}, init={"setup": setup})
+    assert (await create_pod(api, app, running)).status == 201  # no webhook yet
+    settings = {
+        "licenseID": LICENSE,
+        "namespaces": [app],
+        "visibility": {"overrides": [PROBE_OVERRIDE]},
+        "probe": {"insecureRegistries": [dead], "timeoutSeconds": 2},
+        "server": {"admissionDeadlineSeconds": 6},
+    }
+
+    async with (
+        run_webhook(settings, certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        # Created now, the same Pod would be proxied: its registry cannot be probed.
+        fresh = await create_pod(api, app, pod("fresh", {"app": image}), dry_run=True)
+        assert fresh.body["spec"]["containers"][0]["image"] == f"{PREFIX}{image}"
+
+        await assert_metadata_updates_pass_unchanged(api, hook, app, "running")
+        assert stored_view(await read_pod(api, app, "running")) == {
+            "images": {"setup": setup, "app": image},
+            "imagePullSecrets": None,
+            "original-images": None,
+        }
+
+        # An image the update changes is decided: proxied, without adding the secret.
+        answer = await put_image(api, app, "running", f"{dead}/team/app:v2")
+        assert answer.status == 200, answer.body
+        assert stored_view(answer.body) == {
+            "images": {"setup": setup, "app": f"{PREFIX}{dead}/team/app:v2"},
+            "imagePullSecrets": None,
+            "original-images": {"app": f"{dead}/team/app:v2"},
+        }
+        assert answer.warnings == [
+            f"pod needs imagePullSecret {SECRET!r}, which cannot be added on UPDATE; "
+            "recreate the pod so it can pull its private images"
+        ]
+
+
+async def test_metadata_updates_of_an_existing_digest_pinned_pod_pass_in_air_gap(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    certs: tls.CertPaths,
+    admin_secrets: Any,
+    tag: str,
+) -> None:
+    """Air gap refuses digest-pinned images; refusing a finalizer removal on a Pod that
+    existed before the webhook would block controllers and deletion."""
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    pinned = f"quay.io/my-org/api@sha256:{'ab' * 32}"
+    assert (await create_pod(api, app, pod("pinned", {"api": pinned}))).status == 201
+    settings = {
+        "mode": "airgap",
+        "namespaces": [app],
+        "airgap": {"registry": AIRGAP_REGISTRY, "namespace": "my-app"},
+    }
+
+    async with (
+        run_webhook(settings, certs, secrets=admin_secrets) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag) as name,
+    ):
+        await wait_until_mutating(api, app)
+        refused = await create_pod(api, app, pod("again", {"api": pinned}), dry_run=True)
+        assert refused.status == 403, refused.body  # as a new Pod it is refused
+
+        await assert_metadata_updates_pass_unchanged(api, hook, app, "pinned")
+        assert images_of(await read_pod(api, app, "pinned")) == {"api": pinned}
+
+        answer = await put_image(api, app, "pinned", f"quay.io/my-org/api@sha256:{'cd' * 32}")
+        assert answer.status == 403, answer.body
+        assert answer.message.startswith(f'admission webhook "{name}" denied the request: ')
+        answer = await put_image(api, app, "pinned", "quay.io/my-org/api:v2")
+        assert answer.status == 200, answer.body
+        assert stored_view(answer.body) == {
+            "images": {"api": f"{AIRGAP_REGISTRY}/my-app/api:v2"},
+            "imagePullSecrets": None,  # the local registry needs no credentials
+            "original-images": {"api": "quay.io/my-org/api:v2"},
+        }
+        assert answer.warnings == []

@@ -16,7 +16,6 @@ from tests.reviews import apply, images_of, pod, review
 from webhook import config, policy
 from webhook import review as wire
 from webhook.images import NAME_MAX, parse
-from webhook.policy import Request
 
 ONLINE = config.parse({"appSlug": "my-app", "licenseID": "lic"})
 AIRGAP = config.parse(
@@ -31,8 +30,7 @@ AIRGAP = config.parse(
 def mutate(obj: dict[str, Any], settings: config.Settings) -> dict[str, Any]:
     """The /mutate answer with no registry reachable (every probe unknown, so proxy)."""
     request = wire.parse(json.dumps(review(obj)))
-    template = wire.template_of(request, settings)
-    decision = policy.decide(template, Request("CREATE"), {}, settings)
+    decision = policy.decide(policy.plan(request.policy_request, settings), {}, settings)
     return dict(wire.mutate_response(request.uid, decision, settings.secret_name))
 
 
@@ -59,8 +57,9 @@ def test_private_image_that_cannot_be_proxied_is_left_unchanged_with_a_warning(
     assert "would not be a valid image reference" in warning and "left unchanged" in warning
     # ... and the validating endpoint refuses it, as it does the port case
     request = wire.parse(json.dumps(review(obj)))
-    decision = policy.decide(wire.template_of(request, ONLINE), Request("CREATE"), {}, ONLINE)
-    assert warning in decision.violations
+    decision = policy.decide(policy.plan(request.policy_request, ONLINE), {}, ONLINE)
+    (violation,) = decision.violations
+    assert "would not be a valid image reference" in violation and image in violation
 
 
 def test_longest_proxiable_name_is_still_rewritten() -> None:

@@ -57,8 +57,10 @@ def cases() -> list[tuple[str, bytes, str, Any]]:
     add("mutate", review(pod(f"{PROXY}/{private}", pull_secrets=[{"name": "my-app-registry"}])),
         "allowed")  # fmt: skip
     add("mutate", review(pod("Not/A:Valid@Image")), "allowed")  # with a warning
-    add("mutate", review(pod(private), operation="UPDATE", old=pod(private)), "mutated",
+    # UPDATE decides only the images it changes (docs/design.md §1)
+    add("mutate", review(pod(private), operation="UPDATE", old=pod(public)), "mutated",
         [f"{PROXY}/{private}"])  # fmt: skip
+    add("mutate", review(pod(private), operation="UPDATE", old=pod(private)), "allowed")
     add("mutate", review(pod(private, namespace="elsewhere")), "allowed")
     add("validate", review(pod(private)), "denied")
     add("validate", review(pod(public)), "allowed")

@@ -93,6 +93,12 @@ def test_first_matching_override_wins() -> None:
             "namespaces[0]: 'tools' is also in excludeNamespaces; list it in one of them",
         ),
         ({"proxyDomain": "https://proxy"}, "proxyDomain: 'https://proxy' is not a registry host"),
+        # read as a Docker Hub path at the start of an image reference
+        ({"proxyDomain": "proxy"}, "proxyDomain: 'proxy' is not a registry host"),
+        (
+            {"mode": "airgap", "airgap": {"registry": "registry"}},
+            "airgap.registry: 'registry' is not a registry host",
+        ),
         ({"pullSecretName": "Bad_Name"}, "pullSecretName: 'Bad_Name' is not a valid Secret name"),
         ({"visibility": {"ttlSeconds": 0}}, "visibility.ttlSeconds: must be greater than 0, got 0"),
         ({"visibility": {"ttlSeconds": "1h"}}, "visibility.ttlSeconds: expected float, got str"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook import config, podspec, policy
+from webhook import config, policy
 
 SETTINGS = config.parse(
     {
@@ -17,8 +17,8 @@ EPHEMERAL = {"name": "debug", "image": "acme/debug:1"}
 
 
 def _decide(kind: str, obj: dict[str, Any]) -> policy.Decision:
-    template = podspec.find(kind, obj, workloads=False)
-    return policy.decide(template, policy.Request("UPDATE", "ephemeralcontainers"), {}, SETTINGS)
+    request = policy.Request(kind, obj, "UPDATE", "ephemeralcontainers", "my-app")
+    return policy.decide(policy.plan(request, SETTINGS), {}, SETTINGS)
 
 
 def test_legacy_object_warning_does_not_claim_the_pod_lacks_the_secret() -> None:
@@ -30,8 +30,8 @@ def test_legacy_object_warning_does_not_claim_the_pod_lacks_the_secret() -> None
     assert not decision.add_secret
     assert decision.warnings == (
         "pod needs imagePullSecret 'my-app-registry' for these images; UPDATE of "
-        "ephemeralcontainers cannot add it and does not show the pod's imagePullSecrets: "
-        "if the pod does not list it, recreate the pod so it can pull its private images",
+        "ephemeralcontainers can neither add it nor show whether the pod lists it: "
+        "if not, recreate the pod",
     )
 
 

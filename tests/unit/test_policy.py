@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.reviews import apply, images_of, patch_of, pod, review
+from tests.reviews import AIRGAP_CONFIG, ONLINE_CONFIG, apply, images_of, patch_of, pod, review
 from webhook import config, policy
 from webhook import review as wire
 from webhook.config import Settings, Visibility
@@ -17,25 +17,8 @@ D = "sha256:" + "ab" * 32
 PROXY = "proxy.replicated.com/proxy/my-app"
 ANNOTATION = "image-proxy-webhook.io/original-images"
 
-BASE: dict[str, Any] = {
-    "appSlug": "my-app",
-    "licenseID": "lic",
-    "namespaces": ["my-app"],
-    "visibility": {
-        "overrides": [
-            {"match": "quay.io/private-org/*", "visibility": "private"},
-            {"match": "docker.io/library/*", "visibility": "public"},
-            {"match": "docker.io/acme/*", "visibility": "private"},
-            {"match": "registry.example.com:5000/*", "visibility": "private"},
-            {"match": "ghcr.io/public/*", "visibility": "public"},
-        ]
-    },
-}
-AIRGAP: dict[str, Any] = {
-    "appSlug": "my-app",
-    "mode": "airgap",
-    "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
-}
+BASE = ONLINE_CONFIG
+AIRGAP = AIRGAP_CONFIG
 
 
 def settings(base: Mapping[str, Any] = BASE, **changes: Any) -> Settings:
@@ -49,13 +32,16 @@ def mutate(
     endpoint: str = "mutate",
 ) -> dict[str, Any]:
     request = wire.parse(json.dumps(rv))
-    template = wire.template_of(request, s)
-    decision = policy.decide(template, request.policy_request, visibilities or {}, s)
+    decision = policy.decide(policy.plan(request.policy_request, s), visibilities or {}, s)
     if endpoint == "validate":
         return dict(wire.validate_response(request.uid, decision))
-    answer = dict(wire.mutate_response(request.uid, decision, s.secret_name))
+    answer: dict[str, Any] = dict(wire.mutate_response(request.uid, decision, s.secret_name))
     assert answer["response"]["uid"] == rv["request"]["uid"]
     return answer
+
+
+def plan(s: Settings, rv: dict[str, Any], webhook_namespace: str = "") -> policy.Plan:
+    return policy.plan(wire.parse(json.dumps(rv)).policy_request, s, webhook_namespace)
 
 
 def assert_idempotent(s: Settings, obj: dict[str, Any], **kw: Any) -> None:
@@ -136,8 +122,7 @@ def test_repositories_to_probe_skips_overrides_own_hosts_and_duplicates() -> Non
         "quay.io/private-org/api",
         "Bad Image",
     )
-    template = wire.template_of(wire.parse(json.dumps(review(obj))), s)
-    wanted = policy.repositories_to_probe(template, s)
+    wanted = plan(s, review(obj)).to_probe
     assert list(wanted) == [("gcr.io", "a/b")]
     assert wanted[("gcr.io", "a/b")].tag == "1"
 
@@ -317,8 +302,7 @@ def test_airgap_with_credentials_needs_the_secret_and_empty_namespace() -> None:
 
 def test_airgap_probes_nothing() -> None:
     s = settings(AIRGAP)
-    template = wire.template_of(wire.parse(json.dumps(review(pod("gcr.io/a/b:1")))), s)
-    assert policy.repositories_to_probe(template, s) == {}
+    assert plan(s, review(pod("gcr.io/a/b:1"))).to_probe == {}
 
 
 def test_unparseable_image_is_left_with_a_warning_and_denied_by_validate() -> None:
@@ -413,10 +397,8 @@ def test_namespace_coverage(
     namespaces: list[str], namespace: str, webhook_namespace: str, mutated: bool
 ) -> None:
     s = settings(namespaces=namespaces)
-    request = wire.parse(json.dumps(review(pod("acme/app:1", namespace=namespace))))
-    template = wire.template_of(request, s, webhook_namespace)
-    decision = policy.decide(template, request.policy_request, {}, s)
-    assert bool(decision.rewrites) is mutated
+    planned = plan(s, review(pod("acme/app:1", namespace=namespace)), webhook_namespace)
+    assert bool(policy.decide(planned, {}, s).rewrites) is mutated
 
 
 def test_pod_with_no_containers_is_allowed_untouched() -> None:
@@ -430,9 +412,7 @@ def test_other_kinds_and_operations_are_allowed_untouched() -> None:
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}}
     assert mutate(s, review(cm, kind="ConfigMap"))["response"]["allowed"] is True
     assert patch_of(mutate(s, review(cm, kind="ConfigMap"))) == []
-    deleted = review(None, operation="DELETE")
-    request = wire.parse(json.dumps(deleted))
-    assert wire.template_of(request, s) is None
+    assert plan(s, review(None, operation="DELETE")).template is None
 
 
 def test_malformed_shapes_inside_the_pod_are_skipped() -> None:
@@ -468,10 +448,15 @@ def test_registry_on_an_internal_address_is_left_alone() -> None:
         assert answer["response"]["allowed"] is True
         assert patch_of(answer) == []
         assert answer["response"]["warnings"] == [
+            "container 'c0' image 'harbor.corp.example/team/app:1': registry on an internal "
+            "address, left unchanged (add a visibility override to route it)"
+        ]
+        visibilities = {("harbor.corp.example", "team/app"): Visibility.INTERNAL}
+        assert policy.decide(plan(s, rv), visibilities, s).details == (
             "container 'c0' image 'harbor.corp.example/team/app:1': its registry is on an "
             "internal address, which the webhook does not probe and the proxy cannot reach; "
-            "left unchanged (add a visibility override to route it)"
-        ]
+            "left unchanged (add a visibility override to route it)",
+        )
         verdict = mutate(
             s, rv, {("harbor.corp.example", "team/app"): Visibility.INTERNAL}, "validate"
         )

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.reviews import apply, images_of, pod, review
+from tests.reviews import StaticResolver, apply, images_of, pod, review
 from webhook import config, tls
 from webhook.admission import Admitter
 from webhook.config import Visibility
@@ -24,20 +24,6 @@ from webhook.server import MAX_BODY_BYTES, Health, health_app, webhook_app
 
 PROXY = "proxy.replicated.com/proxy/my-app"
 SETTINGS = config.parse({"appSlug": "my-app", "licenseID": "lic", "namespaces": ["my-app"]})
-
-
-class StaticResolver:
-    """Visibility from a fixed table, counting the repositories it was asked about."""
-
-    def __init__(self, table: Mapping[Repository, Visibility]) -> None:
-        self.table = table
-        self.asked: list[Repository] = []
-
-    async def resolve_all(
-        self, wanted: Mapping[Repository, ImageRef], timeout: float
-    ) -> dict[Repository, Visibility]:
-        self.asked.extend(wanted)
-        return {key: self.table[key] for key in wanted if key in self.table}
 
 
 class BrokenResolver:
@@ -413,7 +399,7 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(
     )
 
 
-async def test_more_containers_than_the_cap_is_a_400_that_names_it(
+async def test_more_images_than_the_cap_is_a_400_that_names_it(
     serve: Serve, client_ssl: ssl.SSLContext
 ) -> None:
     capped = config.parse(
@@ -425,10 +411,21 @@ async def test_more_containers_than_the_cap_is_a_400_that_names_it(
         f"{base}/mutate", review(pod("a:1", "b:1", init=("c:1", "d:1"))), client_ssl
     )
     assert status == 400
-    assert answer["error"] == "the Pod lists 4 containers, more than server.maxImagesPerObject (3)"
+    assert answer["error"] == "the Pod lists 4 images, more than server.maxImagesPerObject (3)"
     assert resolver.asked == []  # refused before anything was probed
     status, answer = await post(f"{base}/mutate", review(pod("a:1", "b:1", "c:1")), client_ssl)
     assert status == 200
+    # an image volume is an image too, and the old object is held to the same cap
+    with_volume = pod("a:1", "b:1", "c:1")
+    with_volume["spec"]["volumes"] = [{"name": "v", "image": {"reference": "d:1"}}]
+    status, answer = await post(f"{base}/mutate", review(with_volume), client_ssl)
+    assert answer["error"] == "the Pod lists 4 images, more than server.maxImagesPerObject (3)"
+    update = review(pod("a:1"), operation="UPDATE", old=with_volume)
+    status, answer = await post(f"{base}/mutate", update, client_ssl)
+    assert status == 400
+    assert answer["error"] == (
+        "the old Pod lists 4 images, more than server.maxImagesPerObject (3)"
+    )
 
 
 class HeldResolver:
