@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from registries import (
+from tests.integration.registries import (
     Registry,
     TestCA,
     TokenServer,
@@ -20,7 +20,6 @@ from registries import (
     free_loopback_address,
     require_registry_binary,
 )
-
 from webhook.config import ProbeSettings
 from webhook.egress import Egress
 from webhook.registry import RegistryClient, make_session

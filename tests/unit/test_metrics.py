@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,7 +117,7 @@ async def setup(
     probe = ScriptedProbe()
     resolver = VisibilityResolver(SETTINGS.visibility, probe, 4, metrics=metrics)
     secrets = PullSecrets(
-        object(),  # an ApiClient is only handed to CoreV1Api, replaced below
+        cast(ApiClient, object()),  # an ApiClient is only handed to CoreV1Api, replaced below
         SETTINGS,
         lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
         metrics=metrics,
