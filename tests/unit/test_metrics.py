@@ -245,9 +245,9 @@ async def test_pull_secret_health_is_a_gauge() -> None:
     leaves one without it (here the API server refuses team-b)."""
     metrics = Metrics()
     secrets = PullSecrets(
-        object(),
+        cast(ApiClient, object()),
         SETTINGS,
-        lambda: Credentials(((SETTINGS.proxy_domain, "LICENSE_ID", "lic"),)),
+        lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
         metrics=metrics,
     )
     secrets.core = FakeCoreV1()  # type: ignore[assignment]
