@@ -100,6 +100,9 @@ class FlakySecrets:
             return f"pull secret {SECRET!r} could not be written in {namespace}: fake failure"
         return None
 
+    async def close(self) -> None:
+        pass
+
 
 def _settings(**extra: Any) -> config.Settings:
     base: dict[str, Any] = {
@@ -852,7 +855,8 @@ def test_deeply_nested(servers: Servers, depth: int, where: str) -> None:
 @pytest.mark.parametrize(
     ("containers", "annotation_bytes", "status"),
     [
-        (2_000, 0, 200),  # many containers: one rewrite each
+        (1_000, 0, 200),  # the most containers accepted: one rewrite each
+        (1_001, 0, 400),  # over server.maxImagesPerObject
         (1, 3 * 1024 * 1024, 200),  # a 3 MiB object, the API server's limit
         (1, MAX_BODY_BYTES, 413),  # over the body limit
     ],

@@ -169,6 +169,9 @@ class NoSecrets:
     async def ensure(self, namespace: str, timeout: float) -> str | None:
         return None
 
+    async def close(self) -> None:
+        pass
+
 
 @dataclass
 class Tally:

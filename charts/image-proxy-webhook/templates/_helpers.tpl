@@ -262,6 +262,9 @@ Deployment, so every install runs them.
 {{- if eq (int .Values.server.port) (int .Values.server.healthPort) }}
 {{- fail "server.healthPort must differ from server.port" }}
 {{- end }}
+{{- if lt (int64 .Values.server.maxBodyBytesInFlight) (int64 .Values.server.maxRequestBytes) }}
+{{- fail (printf "server.maxBodyBytesInFlight (%v) must be at least server.maxRequestBytes (%v), or the largest review is never accepted" (int64 .Values.server.maxBodyBytesInFlight) (int64 .Values.server.maxRequestBytes)) }}
+{{- end }}
 {{- if and (eq .Values.mode "online") (not (include "image-proxy-webhook.hasLicense" .)) }}
 {{- fail "license.id or license.existingSecret is required in online mode" }}
 {{- end }}
@@ -342,6 +345,15 @@ webhook configurations were applied. Checked only when lookup reaches a cluster
   "keyFile" "/etc/image-proxy-webhook/tls/tls.key"
   "admissionDeadlineSeconds" $v.server.admissionDeadlineSeconds
   "shutdownTimeoutSeconds" $v.server.shutdownTimeoutSeconds
+  "maxRequestBytes" (int64 $v.server.maxRequestBytes)
+  "maxImagesPerObject" (int64 $v.server.maxImagesPerObject)
+  "maxJsonValues" (int64 $v.server.maxJsonValues)
+  "maxAdmissionsInFlight" (int64 $v.server.maxAdmissionsInFlight)
+  "maxBodyBytesInFlight" (int64 $v.server.maxBodyBytesInFlight)
+  "maxConnections" (int64 $v.server.maxConnections)
+  "tlsHandshakeTimeoutSeconds" $v.server.tlsHandshakeTimeoutSeconds
+  "headerTimeoutSeconds" $v.server.headerTimeoutSeconds
+  "idleTimeoutSeconds" $v.server.idleTimeoutSeconds
 ) }}
 {{- if eq $v.tls.mode "selfManaged" }}
 {{- $fullname := include "image-proxy-webhook.fullname" . }}
