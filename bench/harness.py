@@ -33,6 +33,10 @@ class BenchError(RuntimeError):
     pass
 
 
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -230,14 +234,19 @@ def start_floor(
     log_file: Path,
     *,
     loop: str = "",
+    echo: bool = False,
     python: str = sys.executable,
     timeout: float = 30.0,
 ) -> Process:
+    """:mod:`bench.floor`; with ``echo`` the echo floor, which echoes each review's uid."""
     argv = [python, "-m", "bench.floor", "--host", host, "--port", str(port)]
     argv += ["--cert", str(cert), "--key", str(key), "--loop", loop or default_loop()]
     if responses is not None:
         argv += ["--responses", str(responses)]
-    process = _spawn("floor", argv, log_file, f"https://{host}:{port}")
+    if echo:
+        argv.append("--echo")
+    name = "echo floor" if echo else "floor"
+    process = _spawn(name, argv, log_file, f"https://{host}:{port}")
     _wait(process, lambda: _tls_listening(host, port), timeout)
     return process
 
@@ -288,8 +297,12 @@ def wrk(
     seconds: float,
     threads: int = 1,
     timeout_s: float = 10.0,
+    bearer: str | None = None,
 ) -> WrkResult:
-    """One wrk run: keep-alive TLS, POST the bodies; the figures from post.lua's report."""
+    """One wrk run: keep-alive TLS, POST the bodies; the figures from post.lua's report.
+
+    ``bearer``: a token sent as ``Authorization: Bearer`` (for the API server).
+    """
     binary = wrk_binary()
     if binary is None:
         raise BenchError("wrk is not installed: apt-get install -y wrk")
@@ -308,6 +321,8 @@ def wrk(
         url,
     ]
     env = dict(os.environ, BENCH_BODIES=str(bodies_file))
+    if bearer is not None:
+        env["BENCH_BEARER"] = bearer
     done = subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
     )

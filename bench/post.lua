@@ -3,6 +3,7 @@
 -- The bodies file (path in the BENCH_BODIES environment variable) holds one JSON
 -- body per line. One body: a static request (wrk builds it once). Several: each
 -- request takes the next one, so a scenario can spread over many distinct Pods.
+-- BENCH_BEARER, when set, is sent as "Authorization: Bearer" (the API server's token).
 
 local file = assert(io.open(os.getenv("BENCH_BODIES"), "rb"))
 local bodies = {}
@@ -12,8 +13,12 @@ end
 file:close()
 assert(#bodies > 0, "no bodies in " .. os.getenv("BENCH_BODIES"))
 
+local headers = {["Content-Type"] = "application/json"}
+local bearer = os.getenv("BENCH_BEARER")
+if bearer then headers["Authorization"] = "Bearer " .. bearer end
+
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+for name, value in pairs(headers) do wrk.headers[name] = value end
 
 if #bodies == 1 then
   wrk.body = bodies[1]
@@ -22,7 +27,7 @@ else
   local next_index = 0
   init = function(args)
     for i, body in ipairs(bodies) do
-      prepared[i] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+      prepared[i] = wrk.format("POST", nil, headers, body)
     end
   end
   request = function()

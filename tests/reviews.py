@@ -53,6 +53,16 @@ class StaticResolver:
         return {key: self.table[key] for key in wanted if key in self.table}
 
 
+class NoSecrets:
+    """Fakes a cluster where no pull secret is ever needed: every ensure succeeds at once."""
+
+    async def ensure(self, namespace: str, timeout: float) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
 def pod(
     *images: str,
     name: str = "web",

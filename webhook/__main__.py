@@ -1,7 +1,8 @@
 """Command line: serve | rewrite | validate | probe | certs.
 
-Exit codes: 0 success, 1 when any object would be denied (rewrite, validate),
-2 for a usage or configuration error.
+Exit codes: 0 success; 1 when any object would be denied (rewrite, validate) or
+when serve cannot get a certificate (tls.mode selfManaged); 2 for a usage or
+configuration error, a listen address that cannot be bound included.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any, TextIO
 import jsonpatch
 import yaml
 
-from webhook import logs, policy, registry, review, tls
+from webhook import logs, policy, review, tls
 from webhook.admission import Admitter
 from webhook.config import ConfigError, Settings, load
 from webhook.images import InvalidImageError, parse
-from webhook.visibility import VisibilityResolver
+from webhook.visibility import VisibilityResolver, probing
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 EXIT_FAILURE = 1  # serve: the server could not start
@@ -118,14 +119,8 @@ async def _resolver(settings: Settings, offline: bool) -> AsyncIterator[Visibili
     if offline:
         yield None
         return
-    session = registry.make_session(settings.probe)
-    client = registry.RegistryClient(session, settings.probe)
-    resolver = VisibilityResolver(settings.visibility, client.probe, settings.probe.max_concurrent)
-    try:
+    async with probing(settings) as resolver:
         yield resolver
-    finally:
-        await resolver.close()
-        await session.close()
 
 
 def _namespace(doc: dict[str, Any]) -> str:
@@ -214,10 +209,13 @@ def main(
             settings = replace(settings, mutate_workloads=True)
         if args.command == "serve":
             from webhook.selfcerts import SelfManagedTLSError
-            from webhook.service import serve
+            from webhook.service import StartupError, serve
 
             try:
                 _run_server(serve(settings))
+            except StartupError as exc:
+                print(f"error: {exc}", file=err)
+                return EXIT_USAGE
             except SelfManagedTLSError as exc:
                 print(f"error: {exc}", file=err)
                 return EXIT_FAILURE

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from webhook import policy, review
+from webhook import podspec, policy, review
 from webhook.config import Settings, Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
@@ -46,6 +46,10 @@ class Resolver(Protocol):
 class SecretEnsurer(Protocol):
     async def ensure(self, namespace: str, timeout: float) -> str | None:
         """Make sure the pull secret is current in the namespace; a warning if not."""
+        ...
+
+    async def close(self) -> None:
+        """Stop work still running in the background."""
         ...
 
 
@@ -101,6 +105,7 @@ class Admitter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.server.admission_deadline_seconds
         request = review.parse(body)
+        self._check_size(request)
         decision = await self.decide(request.policy_request, deadline)
         if endpoint == "validate":
             answer = review.validate_response(request.uid, decision)
@@ -116,6 +121,20 @@ class Admitter:
         outcome = Outcome(answer, request, decision, time.perf_counter() - started)
         self._record(outcome, endpoint)
         return outcome
+
+    def _check_size(self, request: review.AdmissionRequest) -> None:
+        """Refuse (HTTP 400) an object, or its old version, with more images than any
+        real Pod has: every image is parsed and decided, so this bounds the work."""
+        cap = self.settings.server.max_images_per_object
+        for which, obj in (("", request.object), ("old ", request.old_object)):
+            count = podspec.image_count(
+                request.kind, obj or {}, workloads=self.settings.mutate_workloads
+            )
+            if count > cap:
+                raise review.ReviewError(
+                    f"the {which}{request.kind} lists {count} images, more than "
+                    f"server.maxImagesPerObject ({cap})"
+                )
 
     async def _ensure_secret(
         self, request: review.AdmissionRequest, decision: Decision, deadline: float

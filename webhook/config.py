@@ -94,6 +94,13 @@ class AirgapSettings:
     password_file: str = ""
 
 
+# The API server refuses request bodies over 3 MiB, so an object written to it is at
+# most 3 MiB of JSON (etcd then keeps it as protobuf, 1.5 MiB at most by default). A
+# review carries the object and, on UPDATE, its old version: 2 x 3 MiB, plus under
+# 1 MiB of envelope (user info, options, names).
+DEFAULT_MAX_REQUEST_BYTES = 7 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "0.0.0.0"
@@ -103,6 +110,16 @@ class ServerSettings:
     key_file: str = ""
     admission_deadline_seconds: float = 8.0
     shutdown_timeout_seconds: float = 15.0
+    # Bounds on what one client can make the server hold (README "Failure behaviour").
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_images_per_object: int = 1000
+    max_json_values: int = 250_000
+    max_admissions_in_flight: int = 256
+    max_body_bytes_in_flight: int = 8 * 1024 * 1024
+    max_connections: int = 512
+    tls_handshake_timeout_seconds: float = 5.0
+    header_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +256,13 @@ def _positive(section: _Section, name: str, default: float) -> float:
     value = section.get(name, float, default)
     if value <= 0:
         raise ConfigError(f"{section.key(name)}: must be greater than 0, got {value}")
+    return value
+
+
+def _count(section: _Section, name: str, default: int) -> int:
+    value = section.get(name, int, default)
+    if value < 1:
+        raise ConfigError(f"{section.key(name)}: must be at least 1, got {value}")
     return value
 
 
@@ -414,8 +438,22 @@ def parse(data: object) -> Settings:
         key_file=server_keys.get("keyFile", str, ""),
         admission_deadline_seconds=_positive(server_keys, "admissionDeadlineSeconds", 8.0),
         shutdown_timeout_seconds=_positive(server_keys, "shutdownTimeoutSeconds", 15.0),
+        max_request_bytes=_count(server_keys, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
+        max_images_per_object=_count(server_keys, "maxImagesPerObject", 1000),
+        max_json_values=_count(server_keys, "maxJsonValues", 250_000),
+        max_admissions_in_flight=_count(server_keys, "maxAdmissionsInFlight", 256),
+        max_body_bytes_in_flight=_count(server_keys, "maxBodyBytesInFlight", 8 * 1024 * 1024),
+        max_connections=_count(server_keys, "maxConnections", 512),
+        tls_handshake_timeout_seconds=_positive(server_keys, "tlsHandshakeTimeoutSeconds", 5.0),
+        header_timeout_seconds=_positive(server_keys, "headerTimeoutSeconds", 5.0),
+        idle_timeout_seconds=_positive(server_keys, "idleTimeoutSeconds", 60.0),
     )
     server_keys.done()
+    if server.max_body_bytes_in_flight < server.max_request_bytes:
+        raise ConfigError(
+            "server.maxBodyBytesInFlight: must be at least server.maxRequestBytes "
+            f"({server.max_request_bytes}), got {server.max_body_bytes_in_flight}"
+        )
     if bool(server.cert_file) != bool(server.key_file):
         raise ConfigError("server.certFile and server.keyFile: set both or neither")
     if server.port == server.health_port:
@@ -457,6 +495,11 @@ def load(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        # Where, not what: the bytes around it may be the license ID.
+        raise ConfigError(
+            f"{path}: not UTF-8 text (an undecodable byte at offset {exc.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -77,6 +77,18 @@ class Metrics:
             registry=r,
         )
 
+        self.pull_secrets_healthy = Gauge(
+            "image_proxy_webhook_pull_secrets_healthy",
+            "1 when the last reconcile brought the pull secret current in every covered "
+            "namespace and the credentials could be read, else 0.",
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "image_proxy_webhook_open_connections",
+            "Open connections to the webhook port (at most server.maxConnections).",
+            registry=r,
+        )
+
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_size.set_function(size)
 

@@ -137,6 +137,28 @@ def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTem
     )
 
 
+def image_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
+    """How many images the object's pod spec holds, counted without parsing any (a cap
+    on it keeps the cost of a hostile object bounded): every container, and every
+    volume that is an image volume."""
+    if kind == "EphemeralContainers":
+        spec: Any = obj
+    elif kind == "Pod":
+        spec = obj.get("spec")
+    elif workloads and kind in WORKLOAD_TEMPLATES:
+        spec = _resolve(obj, f"{WORKLOAD_TEMPLATES[kind]}/spec")
+    else:
+        return 0
+    if not isinstance(spec, Mapping):
+        return 0
+    lists = (spec.get(name) for name in CONTAINER_LISTS)
+    count = sum(len(containers) for containers in lists if isinstance(containers, list))
+    volumes = spec.get(VOLUMES)
+    if isinstance(volumes, list):
+        count += sum(1 for volume in volumes if isinstance(child(volume, "image"), Mapping))
+    return count
+
+
 def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate | None:
     """The pod spec of a Pod, an EphemeralContainers object or (if enabled) a workload."""
     if kind == "Pod":

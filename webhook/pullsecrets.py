@@ -148,6 +148,8 @@ class PullSecrets:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.healthy = True
+        if metrics is not None:
+            metrics.pull_secrets_healthy.set_function(lambda: float(self.healthy))
 
     # -- the secret's content ------------------------------------------------
 

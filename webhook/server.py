@@ -1,11 +1,18 @@
 """The aiohttp servers: the webhook over TLS and the plain-HTTP health/metrics port.
 
 Error channels: a body that is not an AdmissionReview is an HTTP 400 (413 when too
-large, 408 when it does not arrive in time); every policy outcome is an
-AdmissionResponse; an unexpected exception is logged with its traceback and
-answered as the chart's default failurePolicy would treat a broken webhook: the
-mutating endpoint admits the Pod unchanged with a warning (Ignore), the validating
-endpoint refuses it (the admin asked for the policy to be enforced).
+large, 408 when it does not arrive in time, 415 when compressed); every policy
+outcome is an AdmissionResponse; an unexpected exception is logged with its
+traceback and answered as the chart's default failurePolicy would treat a broken
+webhook: the mutating endpoint admits the Pod unchanged with a warning (Ignore), the
+validating endpoint refuses it (the admin asked for the policy to be enforced).
+
+Overload: past ``server.maxAdmissionsInFlight`` admissions, or
+``server.maxBodyBytesInFlight`` bytes of their bodies, a request is refused at once,
+before its body is read, with 503 and ``Retry-After: 1`` (client-go, in the API
+server, retries that within the webhook's timeout; otherwise the failurePolicy
+applies, exactly as for a webhook that cannot be reached). Queueing it instead would
+only answer it after the API server has given up.
 """
 
 from __future__ import annotations
@@ -20,13 +27,39 @@ from aiohttp import web
 
 from webhook import review
 from webhook.admission import Admitter, Endpoint
+from webhook.config import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+from webhook.connections import LISTENER, Listener, tracked
 from webhook.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
-# The API server sends the object and, on UPDATE, its old version: up to 3 MiB each.
-MAX_BODY_BYTES = 7 * 1024 * 1024
+MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BYTES  # server.maxRequestBytes by default
 JSON = "application/json"
+IDENTITY = frozenset({"", "identity"})
+
+
+class Gate:
+    """Admissions in flight: their number and the bytes of their bodies, both bounded.
+
+    A body of unknown length (chunked) is counted at the largest accepted size.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.max_count = settings.max_admissions_in_flight
+        self.max_bytes = settings.max_body_bytes_in_flight
+        self.count = 0
+        self.bytes = 0
+
+    def enter(self, size: int) -> bool:
+        if self.count >= self.max_count or self.bytes + size > self.max_bytes:
+            return False
+        self.count += 1
+        self.bytes += size
+        return True
+
+    def leave(self, size: int) -> None:
+        self.count -= 1
+        self.bytes -= size
 
 
 @dataclass
@@ -47,45 +80,104 @@ class Health:
 
 
 ADMITTER = web.AppKey("admitter", Admitter)
+GATE = web.AppKey("gate", Gate)
 HEALTH = web.AppKey("health", Health)
 METRICS = web.AppKey("metrics", Metrics)
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = json.dumps({"error": message}) + "\n"
-    return web.Response(status=status, text=body, content_type=JSON)
+    return web.Response(status=status, text=body, content_type=JSON, headers=headers)
+
+
+def _refusal(request: web.Request, settings: ServerSettings) -> web.Response | None:
+    """A refusal decided from the headers alone, before any of the body is read."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in IDENTITY:
+        return _error(
+            415,
+            f"Content-Encoding {encoding!r} is not accepted: the API server sends "
+            "uncompressed reviews",
+        )
+    length = request.content_length
+    if length is not None and length > settings.max_request_bytes:
+        return _error(413, _too_large(settings))
+    return None
+
+
+def _json_values(body: bytes) -> int:
+    """At least how many values decoding would create (each a Python object): every
+    value but the first of an array or object follows a comma. Counted from above (a
+    comma inside a string counts too), in a few milliseconds for the largest body."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
+def _too_large(settings: ServerSettings) -> str:
+    return f"request body larger than {settings.max_request_bytes} bytes (server.maxRequestBytes)"
 
 
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         admitter = request.app[ADMITTER]
-        deadline = admitter.settings.server.admission_deadline_seconds
+        settings = admitter.settings.server
+        refusal = _refusal(request, settings)
+        if refusal is not None:
+            _count_error(admitter, endpoint, "encoding" if refusal.status == 415 else "too-large")
+            return refusal
+        gate = request.app[GATE]
+        size = request.content_length
+        size = settings.max_request_bytes if size is None else size
+        if not gate.enter(size):
+            log.warning(
+                "%s: refused a request from %s: too many in flight", endpoint, request.remote
+            )
+            _count_error(admitter, endpoint, "overloaded")
+            return _error(
+                503,
+                f"too many admissions in flight (at most {gate.max_count}, "
+                f"server.maxAdmissionsInFlight, holding at most {gate.max_bytes} bytes of "
+                "bodies, server.maxBodyBytesInFlight); retry",
+                headers={"Retry-After": "1"},
+            )
         try:
-            if request.content.is_eof():
-                # The whole body has arrived already (the usual case): no timer to arm.
-                body = await request.read()
-            else:
-                async with asyncio.timeout(deadline):
-                    body = await request.read()
-        except TimeoutError:
-            _count_error(admitter, endpoint, "body-timeout")
-            return _error(408, f"request body not received within {deadline:g}s")
-        except web.HTTPRequestEntityTooLarge:
-            _count_error(admitter, endpoint, "too-large")
-            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            outcome = await admitter.admit(body, endpoint)
-        except review.ReviewError as exc:
-            log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
-            _count_error(admitter, endpoint, "bad-request")
-            return _error(400, str(exc))
-        except Exception:
-            log.exception("%s: unexpected error answering an admission request", endpoint)
-            _count_error(admitter, endpoint, "internal-error")
-            return _internal_error_answer(body, endpoint)
-        return web.Response(body=review.encode(outcome.answer), content_type=JSON)
+            return await _answer(request, admitter, endpoint)
+        finally:
+            gate.leave(size)
 
     return handle
+
+
+async def _answer(request: web.Request, admitter: Admitter, endpoint: Endpoint) -> web.Response:
+    """Read the body within the deadline and answer it."""
+    deadline = admitter.settings.server.admission_deadline_seconds
+    try:
+        if request.content.is_eof():
+            # The whole body has arrived already (the usual case): no timer to arm.
+            body = await request.read()
+        else:
+            async with asyncio.timeout(deadline):
+                body = await request.read()
+    except TimeoutError:
+        _count_error(admitter, endpoint, "body-timeout")
+        return _error(408, f"request body not received within {deadline:g}s")
+    except web.HTTPRequestEntityTooLarge:
+        _count_error(admitter, endpoint, "too-large")
+        return _error(413, _too_large(admitter.settings.server))
+    cap = admitter.settings.server.max_json_values
+    if _json_values(body) > cap:
+        _count_error(admitter, endpoint, "bad-request")
+        return _error(400, f"request body holds more than {cap} JSON values (server.maxJsonValues)")
+    try:
+        outcome = await admitter.admit(body, endpoint)
+    except review.ReviewError as exc:
+        log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
+        _count_error(admitter, endpoint, "bad-request")
+        return _error(400, str(exc))
+    except Exception:
+        log.exception("%s: unexpected error answering an admission request", endpoint)
+        _count_error(admitter, endpoint, "internal-error")
+        return _internal_error_answer(body, endpoint)
+    return web.Response(body=review.encode(outcome.answer), content_type=JSON)
 
 
 def _count_error(admitter: Admitter, endpoint: Endpoint, reason: str) -> None:
@@ -107,9 +199,15 @@ def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:
     return web.Response(body=review.encode(answer), content_type=JSON)
 
 
-def webhook_app(admitter: Admitter) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+def webhook_app(admitter: Admitter, listener: Listener | None = None) -> web.Application:
+    """The webhook's endpoints; ``listener``: the sockets serving them (connection
+    tracking for the drain and the timeouts)."""
+    settings = admitter.settings.server
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[tracked])
     app[ADMITTER] = admitter
+    app[GATE] = Gate(settings)
+    if listener is not None:
+        app[LISTENER] = listener
     app.router.add_post("/mutate", _handler("mutate"))
     app.router.add_post("/validate", _handler("validate"))
     return app
@@ -131,9 +229,13 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def health_app(health: Health, metrics: Metrics) -> web.Application:
-    app = web.Application()
+def health_app(
+    health: Health, metrics: Metrics, listener: Listener | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[tracked])
     app[HEALTH] = health
+    if listener is not None:
+        app[LISTENER] = listener
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -1,30 +1,43 @@
 """The running service: wires settings to the servers and owns their lifecycle.
 
-Start: certificates, the registry session, the visibility cache, the pull-secret
-manager, then the two listeners. SIGTERM: report not ready, stop accepting, let
-in-flight admissions finish within ``shutdownTimeoutSeconds``, then clean up.
+Start: the health port, certificates (self-managed ones first fetched or made), the
+pull-secret manager, the probe stack, then the webhook port. SIGTERM: report not
+ready, drain the webhook port (see webhook/connections.py) within
+``shutdownTimeoutSeconds``, then tear everything down in the reverse order of its
+start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from webhook import pullsecrets, registry, selfcerts, tls
+from webhook import pullsecrets, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
-from webhook.config import WEBHOOK_NAMESPACE_ENV, Settings
+from webhook.config import WEBHOOK_NAMESPACE_ENV, ServerSettings, Settings
+from webhook.connections import Listener
 from webhook.metrics import Metrics
 from webhook.server import Health, health_app, webhook_app
-from webhook.visibility import VisibilityResolver
+from webhook.visibility import probing
 
 log = logging.getLogger(__name__)
+
+# After the drain, admissions still running get this long to end once cancelled.
+CUT_SECONDS = 0.5
+
+
+class StartupError(Exception):
+    """The service cannot start (a port in use, say); the message says why."""
 
 
 def certificate(settings: Settings) -> tls.CertPaths:
@@ -42,6 +55,82 @@ def certificate(settings: Settings) -> tls.CertPaths:
     return paths
 
 
+def raise_open_files_limit(server: ServerSettings) -> None:
+    """Raise the soft descriptor limit to the hard one: every connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+    # two listeners' connections, the probes' and the API client's, and some spare
+    needed = 2 * server.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-files limit (%d) is below what server.maxConnections (%d) may need "
+            "(%d): lower it or raise the limit",
+            soft,
+            server.max_connections,
+            needed,
+        )
+
+
+async def _listen(
+    stack: contextlib.AsyncExitStack,
+    app: web.Application,
+    listener: Listener,
+    host: str,
+    port: int,
+    ssl_context: Any = None,
+    **runner_args: Any,
+) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, **runner_args)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    try:
+        await listener.start(runner, host, port, ssl_context=ssl_context)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
+    stack.push_async_callback(listener.stop_accepting)
+    return runner
+
+
+def _background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    task = asyncio.create_task(work, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
+
+
+async def _pull_secrets(
+    stack: contextlib.AsyncExitStack, settings: Settings, metrics: Metrics, webhook_namespace: str
+) -> SecretEnsurer | None:
+    """The pull-secret manager with its background loop, or None without an API server."""
+    kube = await pullsecrets.api_client()
+    if kube is None:
+        return None
+    stack.push_async_callback(kube.close)
+    manager = pullsecrets.PullSecrets(
+        kube,
+        settings,
+        lambda: pullsecrets.read_credentials(settings),
+        metrics=metrics,
+        webhook_namespace=webhook_namespace,
+    )
+    stack.push_async_callback(manager.close)
+    _background(stack, manager.run(), "pull-secrets")
+    return manager
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings,
@@ -51,63 +140,64 @@ async def running(
     secrets: SecretEnsurer | None = None,
     reload_interval: float = tls.RELOAD_INTERVAL_SECONDS,
 ) -> AsyncIterator[tuple[Admitter, Health]]:
-    """Everything of the service up and listening, torn down in order on exit.
+    """Everything of the service up and listening, torn down in reverse order on exit.
 
-    ``reload_interval``: seconds between checks of the certificate files.
+    ``secrets``: the pull-secret manager to use (closed on exit); None builds one
+    from the environment. ``reload_interval``: seconds between checks of the
+    certificate files. StartupError when a port cannot be bound.
     """
     metrics = metrics or Metrics()
     health = health or Health()
-    webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
-    # selfManagedTLS: the certificate files are written from the Secret before they load.
-    self_managed = await selfcerts.start(settings, webhook_namespace)
-    paths = certificate(settings)
-    context = tls.server_context(paths)
-    reloader = tls.CertificateReloader(context, paths, reload_interval)
-    health.checks["certificate"] = lambda: reloader.healthy
-    metrics.track_certificate_expiry(lambda: reloader.not_after)
-    if self_managed is not None:
-        self_managed.follow(reloader.check)
-
-    kube = None
-    secrets_task = None
-    if secrets is None:
-        kube = await pullsecrets.api_client()
-        if kube is not None:
-            manager = pullsecrets.PullSecrets(
-                kube,
-                settings,
-                lambda: pullsecrets.read_credentials(settings),
-                metrics=metrics,
-                webhook_namespace=webhook_namespace,
-            )
-            secrets = manager
-            secrets_task = asyncio.create_task(manager.run(), name="pull-secrets")
-
-    session = registry.make_session(settings.probe)
-    client = registry.RegistryClient(session, settings.probe)
-    resolver = VisibilityResolver(
-        settings.visibility, client.probe, settings.probe.max_concurrent, metrics=metrics
-    )
-    admitter = Admitter(
-        settings,
-        resolver=resolver,
-        secrets=secrets,
-        metrics=metrics,
-        webhook_namespace=webhook_namespace,
-    )
     server = settings.server
-    hooks = web.AppRunner(
-        webhook_app(admitter),
-        shutdown_timeout=server.shutdown_timeout_seconds,
-        access_log=None,
-    )
-    probes = web.AppRunner(health_app(health, metrics), access_log=None)
-    reload_task = asyncio.create_task(reloader.run(), name="certificate-reload")
-    try:
-        await hooks.setup()
-        await probes.setup()
-        await web.TCPSite(hooks, server.host, server.port, ssl_context=context).start()
-        await web.TCPSite(probes, server.host, server.health_port).start()
+    async with contextlib.AsyncExitStack() as stack:
+        probes = Listener(server)
+        await _listen(
+            stack, health_app(health, metrics, probes), probes, server.host, server.health_port
+        )
+
+        webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
+        # selfManagedTLS: the certificate files are written from the Secret before they load.
+        self_managed = await selfcerts.start(settings, webhook_namespace)
+        if self_managed is not None:
+            stack.push_async_callback(self_managed.close)
+        paths = certificate(settings)
+        context = tls.server_context(paths)
+        reloader = tls.CertificateReloader(context, paths, reload_interval)
+        health.checks["certificate"] = lambda: reloader.healthy
+        metrics.track_certificate_expiry(lambda: reloader.not_after)
+        if self_managed is not None:
+            self_managed.follow(reloader.check)
+        _background(stack, reloader.run(), "certificate-reload")
+
+        if secrets is None:
+            secrets = await _pull_secrets(stack, settings, metrics, webhook_namespace)
+        else:
+            stack.push_async_callback(secrets.close)
+        resolver = await stack.enter_async_context(probing(settings, metrics=metrics))
+        admitter = Admitter(
+            settings,
+            resolver=resolver,
+            secrets=secrets,
+            metrics=metrics,
+            webhook_namespace=webhook_namespace,
+        )
+
+        hooks = Listener(server)
+        metrics.open_connections.set_function(lambda: hooks.open_connections)
+        await _listen(
+            stack,
+            webhook_app(admitter, hooks),
+            hooks,
+            server.host,
+            server.port,
+            context,
+            shutdown_timeout=CUT_SECONDS,
+            auto_decompress=False,
+            # aiohttp's own keep-alive timer: a backstop the listener's timers beat
+            keepalive_timeout=server.idle_timeout_seconds + server.header_timeout_seconds,
+        )
+        stack.push_async_callback(hooks.drain, server.shutdown_timeout_seconds)
+        stack.callback(setattr, health, "shutting_down", True)  # first on exit
         health.serving = True
         log.info(
             "serving the webhook on https://%s:%d (/mutate, /validate), health and metrics "
@@ -118,35 +208,19 @@ async def running(
             server.health_port,
         )
         yield admitter, health
-    finally:
-        health.shutting_down = True
-        # Closes the listener, then waits for in-flight admissions up to the timeout.
-        await hooks.cleanup()
-        reload_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reload_task
-        await resolver.close()
-        await session.close()
-        if secrets_task is not None:
-            secrets_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await secrets_task
-        if isinstance(secrets, pullsecrets.PullSecrets):
-            await secrets.close()
-        if kube is not None:
-            await kube.close()
-        await probes.cleanup()
-        if self_managed is not None:
-            await self_managed.close()
-        log.info("stopped")
+    log.info("stopped")
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
+    raise_open_files_limit(settings.server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running(settings):
+        # What start-up built lives as long as the process: out of the collector's
+        # sight, a full collection (while a large review is decoded, say) is far cheaper.
+        gc.freeze()
         await stop.wait()
         log.info("signal received: finishing in-flight requests, then stopping")

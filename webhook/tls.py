@@ -10,11 +10,15 @@ context. Connections accepted afterwards use the new pair, open ones keep theirs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import logging
+import os
 import ssl
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +85,6 @@ class CertificateReloader:
         self.paths = paths
         self.interval = interval
         self.healthy = True
-        self.reloads = 0
         self._fingerprint = _fingerprint(paths)
         self.not_after = not_after(paths.cert_file)  # of the certificate being served
         context.sni_callback = self._select
@@ -120,7 +123,6 @@ class CertificateReloader:
         self._fingerprint = fingerprint
         self.not_after = expires
         self.healthy = True
-        self.reloads += 1
         log.info("loaded a new serving certificate from %s", self.paths.cert_file)
         return True
 
@@ -274,9 +276,34 @@ def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
     tmp.replace(path)
 
 
+# Lock descriptors held open for the life of the process (see _development_directory).
+_held_locks: list[int] = []
+
+
+def _development_directory() -> Path:
+    """``$TMPDIR/image-proxy-webhook-tls``, where the CA is easy to find, for the first
+    server on the machine; a private ``image-proxy-webhook-tls-*`` directory for any
+    other, so that a second server, starting or failing to, never rewrites the files
+    the first one serves and watches. The first holds a lock on the shared one."""
+    shared = Path(tempfile.gettempdir()) / "image-proxy-webhook-tls"
+    with contextlib.suppress(FileExistsError):
+        shared.mkdir(mode=0o700)
+    info = shared.lstat()
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+        fd = os.open(shared / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+        else:
+            _held_locks.append(fd)
+            return shared
+    return Path(tempfile.mkdtemp(prefix="image-proxy-webhook-tls-"))
+
+
 def self_signed(directory: Path | None = None) -> CertPaths:
-    """A fresh development certificate for localhost, by default in
-    ``$TMPDIR/image-proxy-webhook-tls`` so that its CA is easy to find."""
-    out = directory or Path(tempfile.gettempdir()) / "image-proxy-webhook-tls"
+    """A fresh development certificate for localhost (by default in the directory
+    :func:`_development_directory` picks)."""
+    out = directory or _development_directory()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     return generate(out, DEV_NAMES)

@@ -5,7 +5,10 @@ Public and private results live ``ttlSeconds``, unknown ones
 ``failureTtlSeconds`` (or the registry's ``Retry-After``, capped at ``ttlSeconds``);
 lifetimes are jittered by ±10% so entries filled together do not all expire
 together. Concurrent misses for one repository share one probe task (single
-flight), and a semaphore bounds how many probes talk to registries at once.
+flight), and a semaphore bounds how many probes talk to registries at once; a
+probe waits for a free place at most ``probe.timeoutSeconds`` (then it is UNKNOWN,
+reason "overloaded", not cached), so a registry that never answers holds each
+place no longer than one probe timeout and the queue behind it no longer either.
 
 An admission waits for its probes only until its deadline: what is not known by
 then is UNKNOWN for that admission, while the probe keeps running in the
@@ -16,16 +19,18 @@ the next one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cachetools import TLRUCache
 
-from webhook.config import Visibility, VisibilitySettings
+from webhook import registry
+from webhook.config import Settings, Visibility, VisibilitySettings
 from webhook.images import ImageRef
 from webhook.policy import Repository
 from webhook.registry import ProbeResult
@@ -72,7 +77,10 @@ class VisibilityResolver:
         *,
         jitter: float = DEFAULT_JITTER,
         metrics: Metrics | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
+        """``queue_timeout``: seconds a probe may wait for one of the
+        ``max_concurrent`` places (probe.timeoutSeconds); None: no bound."""
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._settings = visibility
@@ -90,6 +98,8 @@ class VisibilityResolver:
             timer=clock,
         )
         self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._queue_timeout = queue_timeout
+        self._max_concurrent = max_concurrent
         self._inflight: dict[Repository, asyncio.Task[Resolved]] = {}
         self._max_pending = max_concurrent * PENDING_PER_SLOT
         self._closed = False
@@ -227,7 +237,20 @@ class VisibilityResolver:
 
     async def _run_probe(self, key: Repository, reference: str) -> Resolved:
         domain, path = key
-        async with self._semaphore:
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            self.refused += 1
+            log.debug(
+                "visibility probe for %s/%s not started: all %d places were busy for %gs",
+                domain,
+                path,
+                self._max_concurrent,
+                self._queue_timeout,
+            )
+            return Resolved(Visibility.UNKNOWN, OVERLOADED, cached=False)
+        try:
             started = time.perf_counter()
             try:
                 result = await self._probe(domain, path, reference)
@@ -235,6 +258,8 @@ class VisibilityResolver:
                 log.exception("visibility probe for %s/%s raised", domain, path)
                 result = ProbeResult(Visibility.UNKNOWN, INTERNAL_ERROR)
             elapsed = time.perf_counter() - started
+        finally:
+            self._semaphore.release()
         if self._metrics is not None:
             self._metrics.probes.labels(str(result.visibility), result.reason).inc()
             self._metrics.probe_duration.observe(elapsed)
@@ -284,3 +309,24 @@ class VisibilityResolver:
     def clear(self) -> None:
         """Forget every cached result (probes in flight still fill the cache)."""
         self._cache.clear()
+
+
+@contextlib.asynccontextmanager
+async def probing(
+    settings: Settings, *, metrics: Metrics | None = None
+) -> AsyncIterator[VisibilityResolver]:
+    """The probe stack (session, registry client, resolver) for the server and the CLI,
+    closed in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = registry.make_session(settings.probe)
+        stack.push_async_callback(session.close)
+        client = registry.RegistryClient(session, settings.probe)
+        resolver = VisibilityResolver(
+            settings.visibility,
+            client.probe,
+            settings.probe.max_concurrent,
+            metrics=metrics,
+            queue_timeout=settings.probe.timeout_seconds,
+        )
+        stack.push_async_callback(resolver.close)
+        yield resolver

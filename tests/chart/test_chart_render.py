@@ -255,6 +255,28 @@ def test_config_file_is_accepted_by_the_server(case: Rendered) -> None:
     assert settings.probe.insecure_registries == frozenset(v["probe"]["insecureRegistries"])
     assert settings.server.admission_deadline_seconds == v["server"]["admissionDeadlineSeconds"]
     assert settings.server.shutdown_timeout_seconds == v["server"]["shutdownTimeoutSeconds"]
+    limits = settings.server
+    assert (limits.max_request_bytes, limits.max_body_bytes_in_flight) == (
+        v["server"]["maxRequestBytes"],
+        v["server"]["maxBodyBytesInFlight"],
+    )
+    assert (limits.max_images_per_object, limits.max_json_values) == (
+        v["server"]["maxImagesPerObject"],
+        v["server"]["maxJsonValues"],
+    )
+    assert (limits.max_admissions_in_flight, limits.max_connections) == (
+        v["server"]["maxAdmissionsInFlight"],
+        v["server"]["maxConnections"],
+    )
+    assert (
+        limits.tls_handshake_timeout_seconds,
+        limits.header_timeout_seconds,
+        limits.idle_timeout_seconds,
+    ) == (
+        v["server"]["tlsHandshakeTimeoutSeconds"],
+        v["server"]["headerTimeoutSeconds"],
+        v["server"]["idleTimeoutSeconds"],
+    )
 
     # The config file is what the container reads, and each file it names is mounted.
     args = container(case)["args"]
@@ -731,6 +753,7 @@ def test_pre_stop_pause_fits_the_cluster(
         ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
         ({"webhook": {"failurePolicy": "ignore"}}, "/webhook/failurePolicy"),
         ({"server": {"port": "8443"}}, "/server/port"),
+        ({"server": {"maxConnections": 0}}, "/server/maxConnections"),
         ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
         ({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser"),
         (
@@ -761,6 +784,10 @@ def test_schema_rejects(
         ),
         ({"terminationGracePeriodSeconds": 20}, "must be above preStopSleepSeconds"),
         ({"server": {"healthPort": 8443}}, "server.healthPort must differ"),
+        (
+            {"server": {"maxRequestBytes": 9000000}},
+            "server.maxBodyBytesInFlight (8388608) must be at least server.maxRequestBytes",
+        ),
         ({"license": {"id": ""}}, "license.id or license.existingSecret is required"),
         ({"appSlug": ""}, "appSlug is required"),
         ({"mode": "airgap"}, "airgap.registry is required"),

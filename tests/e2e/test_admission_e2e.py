@@ -459,14 +459,12 @@ async def test_namespace_outside_namespaces_is_left_untouched(
         mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
     ):
         await wait_until_mutating(api, app)
-        metrics = hook.admitter.metrics
-        assert metrics is not None
-        seen = metrics.admissions.labels("mutate", "CREATE", "Pod", "allowed")
-        before = seen._value.get()
+        before = pod_admissions_answered(hook, "CREATE", "allowed")
 
         answer = await create_pod(api, other, pod("outside", {"app": image}, init={"i": image}))
         assert answer.status == 201, answer.body
-        assert seen._value.get() == before + 1  # the webhook answered, and allowed it as is
+        # the webhook answered, and allowed it as is
+        assert pod_admissions_answered(hook, "CREATE", "allowed") == before + 1
 
         stored = await read_pod(api, other, "outside")
         assert stored_view(stored) == {
@@ -1116,11 +1114,12 @@ METADATA_UPDATES: list[dict[str, Any]] = [
 ]
 
 
-def pod_updates_answered(hook: Any, outcome: str) -> float:
-    """How many Pod UPDATEs the webhook answered on /mutate with this outcome."""
+def pod_admissions_answered(hook: Any, operation: str, outcome: str) -> float:
+    """How many Pod requests of this operation the webhook answered on /mutate with this
+    outcome (its Prometheus counter)."""
     metrics = hook.admitter.metrics
     assert metrics is not None
-    labels = {"endpoint": "mutate", "operation": "UPDATE", "kind": "Pod", "outcome": outcome}
+    labels = {"endpoint": "mutate", "operation": operation, "kind": "Pod", "outcome": outcome}
     value = metrics.registry.get_sample_value(
         "image_proxy_webhook_admission_requests_total", labels
     )
@@ -1133,7 +1132,7 @@ async def assert_metadata_updates_pass_unchanged(
     """Label and finalizer PATCHes of a Pod reach the webhook and store no other change."""
     path = f"/api/v1/namespaces/{namespace}/pods/{name}"
     before = stored_view(await read_pod(api, namespace, name))
-    answered = pod_updates_answered(hook, "allowed")
+    answered = pod_admissions_answered(hook, "UPDATE", "allowed")
     for change in METADATA_UPDATES:
         answer = await call(api, "PATCH", path, change, content_type=MERGE_PATCH)
         assert answer.status == 200, (change, answer.body)
@@ -1143,7 +1142,7 @@ async def assert_metadata_updates_pass_unchanged(
     assert stored["metadata"]["labels"] == {"touched": "yes"}
     assert "finalizers" not in stored["metadata"]
     # The webhook was asked each time, and allowed each update as it was.
-    assert pod_updates_answered(hook, "allowed") == answered + len(METADATA_UPDATES)
+    assert pod_admissions_answered(hook, "UPDATE", "allowed") == answered + len(METADATA_UPDATES)
 
 
 async def put_image(api: k8s.ApiClient, namespace: str, name: str, image: str) -> Answer:

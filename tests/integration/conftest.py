@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from registries import (
+from tests.integration.registries import (
     Registry,
     TestCA,
     TokenServer,
@@ -20,7 +17,6 @@ from registries import (
     free_loopback_address,
     require_registry_binary,
 )
-
 from webhook.config import ProbeSettings
 from webhook.egress import Egress
 from webhook.registry import RegistryClient, make_session

@@ -642,7 +642,7 @@ class Registry:
         status, _, data = _urlopen("GET", f"{params['realm']}?{query}", None, basic, None)
         if status != 200:
             raise RegistryError(f"token server answered {status} for {params}")
-        return "Bearer " + json.loads(data)["token"]
+        return "Bearer " + str(json.loads(data)["token"])
 
     # --- pushing ------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from registries import ALL_MANIFESTS, Registry, TestCA, TokenServer
 
+from tests.integration.registries import ALL_MANIFESTS, Registry, TestCA, TokenServer
 from webhook.config import Visibility, VisibilitySettings
 from webhook.images import parse
 from webhook.registry import ProbeResult, RegistryClient

@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from registries import Registry, TestCA, TokenServer, free_port, require_binary
-from tinyproxy import TinyProxy
 
+from tests.integration.registries import Registry, TestCA, TokenServer, free_port, require_binary
 from tests.integration.test_probe_faults import (
     BearerRegistry,
     FakeRegistry,
     PublicRegistry,
     RedirectingRegistry,
 )
+from tests.integration.tinyproxy import TinyProxy
 from webhook.config import Visibility
 from webhook.egress import Egress
 from webhook.registry import ProbeResult, RegistryClient

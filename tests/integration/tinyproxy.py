@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from registries import _wait_for_port, free_port
+from tests.integration.registries import _wait_for_port, free_port
 
 _REQUEST_LINE = re.compile(r"Request \(file descriptor \d+\): (?P<request>\S+ \S+) HTTP/")
 

@@ -133,11 +133,12 @@ def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rss_kib(pid: int | str = "self") -> int:
+def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident memory now, or at its peak so far with ``field="VmHWM"``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 async def eventually(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -353,12 +354,14 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], timeout: float = 60) -> tuple[int, str]:
+def run_cli(
+    args: list[str], timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """``python -m webhook ARGS`` to completion: (exit code, stdout and stderr)."""
     done = subprocess.run(
         [*cli(), *args],
         cwd=REPO,
-        env=server_env(),
+        env=server_env(env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=timeout,

@@ -100,6 +100,9 @@ class FlakySecrets:
             return f"pull secret {SECRET!r} could not be written in {namespace}: fake failure"
         return None
 
+    async def close(self) -> None:
+        pass
+
 
 def _settings(**extra: Any) -> config.Settings:
     base: dict[str, Any] = {
@@ -400,7 +403,7 @@ domains = st.sampled_from(
 tag = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}\Z")
 digest = st.sampled_from(["sha256", "sha512", "sha384"]).flatmap(
     lambda algo: st.text("0123456789abcdef", min_size=64, max_size=128).map(
-        lambda hexes, algo=algo: f"@{algo}:{hexes[: {'sha256': 64, 'sha384': 96}.get(algo, 128)]}"
+        lambda hexes: f"@{algo}:{hexes[: {'sha256': 64, 'sha384': 96}.get(algo, 128)]}"
     )
 )
 suffix = st.tuples(
@@ -430,7 +433,7 @@ annotation_values = st.one_of(
     st.just("not json"),
     st.just("[1,2]"),
 )
-annotations = st.dictionaries(
+pod_annotations = st.dictionaries(
     st.one_of(st.just("image-proxy-webhook.io/original-images"), st.text(min_size=1, max_size=20)),
     annotation_values,
     max_size=3,
@@ -463,7 +466,7 @@ def pod_specs(draw: st.DrawFn) -> dict[str, Any]:
         spec["initContainers"] = draw(containers("i", 0, 2))
     if draw(st.integers(0, 3)) == 0:
         spec["ephemeralContainers"] = draw(containers("e", 0, 2))
-    secrets = draw(
+    secrets: object = draw(
         st.one_of(
             st.none(),
             st.just("absent"),
@@ -482,7 +485,7 @@ def pod_specs(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def metadata(draw: st.DrawFn, namespace: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": draw(dns_label), "namespace": namespace}
-    notes = draw(st.one_of(st.just("absent"), st.none(), annotations))
+    notes = draw(st.one_of(st.just("absent"), st.none(), pod_annotations))
     if notes != "absent":
         meta["annotations"] = notes
     if draw(st.booleans()):
@@ -652,7 +655,7 @@ def test_any_image_string(servers: Servers, image: str, variant: str) -> None:
     spec=pod_specs(),
     legacy=st.booleans(),
     variant=st.sampled_from(sorted(VARIANTS)),
-    annotations=st.one_of(st.none(), annotations),
+    annotations=st.one_of(st.none(), pod_annotations),
 )
 def test_ephemeral_containers_subresource(
     servers: Servers,
@@ -695,7 +698,7 @@ def test_ephemeral_containers_subresource(
 
 
 @st.composite
-def broken_reviews(draw: st.DrawFn) -> dict[str, Any]:
+def broken_reviews(draw: st.DrawFn) -> Any:
     """An AdmissionReview with junk in one or more places (or the whole body junk)."""
     obj: Any = {
         "apiVersion": "v1",
@@ -783,7 +786,7 @@ def test_malformed_reviews(servers: Servers, review: Any, variant: str) -> None:
         response = check_answer(servers, answer, uid)
         if response is None or "patch" not in response:
             continue
-        assert endpoint == "mutate"
+        assert endpoint == "mutate" and isinstance(request, dict)
         obj = applied(body, response)  # the patch applies to whatever object was sent
         again, uid2 = request_body(
             obj,
@@ -852,7 +855,8 @@ def test_deeply_nested(servers: Servers, depth: int, where: str) -> None:
 @pytest.mark.parametrize(
     ("containers", "annotation_bytes", "status"),
     [
-        (2_000, 0, 200),  # many containers: one rewrite each
+        (1_000, 0, 200),  # the most containers accepted: one rewrite each
+        (1_001, 0, 400),  # over server.maxImagesPerObject
         (1, 3 * 1024 * 1024, 200),  # a 3 MiB object, the API server's limit
         (1, MAX_BODY_BYTES, 413),  # over the body limit
     ],

@@ -52,7 +52,7 @@ from tests.reliability.harness import (
     require_root_for_low_ports,
     sockets,
 )
-from tests.reviews import pod, review
+from tests.reviews import NoSecrets, pod, review
 from webhook import config, service
 from webhook.admission import Admitter
 from webhook.visibility import VisibilityResolver
@@ -116,11 +116,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="module")
 def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA(tmp_path_factory.mktemp("untrusted-ca"))
-
-
-class NoSecrets:
-    async def ensure(self, namespace: str, timeout: float) -> str | None:
-        return None
 
 
 @dataclass

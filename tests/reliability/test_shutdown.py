@@ -2,15 +2,18 @@
 
 ``python -m webhook serve`` runs as a subprocess. Admissions are in flight, each
 waiting about ``REGISTRY_DELAY`` seconds for a probe of a slow registry; more
-clients keep sending quick admissions (answered from overrides, one connection
-each) across the signal; a poller watches /readyz. Then SIGTERM, and:
+clients keep sending quick admissions (answered from overrides) across the signal,
+some on a connection each, some on one kept-alive connection reused request after
+request as the API server does; a poller watches /readyz. Then SIGTERM, and:
 
-- every admission in flight at the signal gets a complete, well-formed answer;
+- every admission in flight at the signal gets a complete, well-formed answer, and
+  every answer written while draining says ``Connection: close``;
 - readiness is 503 while the server drains (before the last in-flight answer);
 - new connections are refused once the listener is closed, also while draining;
 - every request sent across the signal is counted: it was either answered
   completely and correctly, refused at connect, or (a connection the kernel had
-  queued as the listener closed) dropped without the server ever handling it,
+  queued as the listener closed, or a kept-alive one closed while idle as its next
+  request was on the way) dropped without the server ever handling it,
   checked by its uid in the server's log; nothing else (no truncated answer, no
   5xx, no handled request left unanswered);
 - the process exits 0 within shutdownTimeoutSeconds (plus interpreter slack).
@@ -26,7 +29,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +83,8 @@ class Tally:
     # the request, which the test checks in the server's log by uid.
     dropped: list[tuple[str, str, float]] = field(default_factory=list)  # label, uid, when
     answered_uids: list[str] = field(default_factory=list)
+    # when each answer that said Connection: close arrived, by label
+    closing: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def body_for(image: str) -> tuple[bytes, str]:
@@ -107,16 +112,28 @@ async def post_once(
     url: str, image: str, context: ssl.SSLContext, tally: Tally, label: str
 ) -> None:
     """One admission on a connection of its own; the outcome goes into tally."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await post_on(session, url, image, context, tally, label)
+
+
+async def post_on(
+    session: aiohttp.ClientSession,
+    url: str,
+    image: str,
+    context: ssl.SSLContext,
+    tally: Tally,
+    label: str,
+) -> None:
+    """One admission on the session's connection (reused while kept alive)."""
     body, uid = body_for(image)
     tally.sent += 1
-    connector = aiohttp.TCPConnector(force_close=True)
     try:
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.post(url, data=body, ssl=context) as response,
-        ):
+        async with session.post(url, data=body, ssl=context) as response:
             text = await response.read()
             problem = check(response.status, text, uid)
+            if response.headers.get("Connection", "").lower() == "close":
+                tally.closing[label].append(time.monotonic())
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, ConnectionRefusedError):
             tally.refused += 1
@@ -212,9 +229,19 @@ async def test_sigterm_drains_in_flight_admissions(tmp_path: Path, fakes: FakeTh
                 if tally.refused >= 3 * STREAMS:
                     return
 
+        async def kept_alive() -> None:
+            """One connection reused for request after request, as the API server does."""
+            connector = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                while not stream_stop.is_set():
+                    await post_on(session, url, "nginx:1.25", context, tally, "reused")
+                    if tally.refused >= 3 * STREAMS:
+                        return
+
         streams = [asyncio.create_task(stream()) for _ in range(STREAMS)]
-        await asyncio.sleep(0.2)
-        assert tally.answered["quick"] > 0, tally.failures[:3]
+        streams += [asyncio.create_task(kept_alive()) for _ in range(STREAMS)]
+        await wait_until(lambda: tally.answered["quick"] and tally.answered["reused"], 20)
+        assert not tally.failures, tally.failures[:3]
 
         signalled = time.monotonic()
         server.signal()
@@ -230,9 +257,11 @@ async def test_sigterm_drains_in_flight_admissions(tmp_path: Path, fakes: FakeTh
         stop_polling.set()
         server.kill()
 
+    dropped = Counter(label for label, _uid, _when in tally.dropped)
     print(
-        f"\nshutdown: {tally.sent} sent, answered {dict(tally.answered)}, refused "
-        f"{tally.refused}, dropped unhandled {len(tally.dropped)}, failures "
+        f"\nshutdown: {tally.sent} sent ({STREAMS} streams on fresh connections, "
+        f"{STREAMS} on one kept-alive connection each), answered {dict(tally.answered)}, "
+        f"refused {tally.refused}, dropped unhandled {dict(dropped)}, failures "
         f"{len(tally.failures)}; last in-flight answer "
         f"{last_slow_answer - signalled:.2f}s and exit {exited - signalled:.2f}s after SIGTERM"
     )
@@ -246,8 +275,12 @@ async def test_sigterm_drains_in_flight_admissions(tmp_path: Path, fakes: FakeTh
     server_log = server.log_text()
     assert tally.answered_uids[0] in server_log
     for label, uid, when in tally.dropped:
-        assert label == "quick" and when > signalled, (label, uid)
+        assert label in ("quick", "reused") and when > signalled, (label, uid)
         assert uid not in server_log, f"request {uid} was handled, yet its connection dropped"
+    # once draining, every answer says Connection: close; on a kept-alive connection
+    # none did before the signal (the fresh connections ask for close themselves)
+    assert len(tally.closing["slow"]) == IN_FLIGHT
+    assert all(when > signalled for when in tally.closing["slow"] + tally.closing["reused"])
     assert code == 0, server.log_text()[-3000:]
     assert exited - signalled < SHUTDOWN_TIMEOUT + EXIT_SLACK
     # the in-flight admissions really were in flight: they waited for the registry

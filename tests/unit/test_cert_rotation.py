@@ -165,11 +165,6 @@ def settings_for(cert_file: Path, key_file: Path) -> Settings:
     )
 
 
-class NoSecrets:
-    async def ensure(self, namespace: str, timeout: float) -> str | None:
-        return None
-
-
 @dataclass
 class Tally:
     """Every answer the clients got, by the serial of the certificate presented."""
@@ -281,7 +276,9 @@ async def running_server(tmp_path: Path) -> AsyncIterator[tuple[Running, Pair]]:
     first = issue(ca_dir)
     mount = SecretMount(tmp_path / "mount", first)
     settings = settings_for(mount.cert_file, mount.key_file)
-    async with service.running(settings, secrets=NoSecrets(), reload_interval=RELOAD_INTERVAL):
+    async with service.running(
+        settings, secrets=reviews.NoSecrets(), reload_interval=RELOAD_INTERVAL
+    ):
         yield (
             Running(
                 url=f"https://127.0.0.1:{settings.server.port}",

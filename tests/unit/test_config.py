@@ -29,6 +29,12 @@ def test_defaults() -> None:
     assert s.mutate_workloads is False
     assert (s.server.port, s.server.health_port) == (8443, 8080)
     assert s.server.admission_deadline_seconds == 8
+    assert s.server.max_request_bytes == 7 * 1024 * 1024
+    assert (s.server.max_images_per_object, s.server.max_admissions_in_flight) == (1000, 256)
+    assert (s.server.max_json_values, s.server.max_body_bytes_in_flight) == (250_000, 8 << 20)
+    assert s.server.max_connections == 512
+    assert (s.server.tls_handshake_timeout_seconds, s.server.header_timeout_seconds) == (5, 5)
+    assert s.server.idle_timeout_seconds == 60
 
 
 def test_example_config_loads() -> None:
@@ -121,6 +127,19 @@ def test_first_matching_override_wins() -> None:
             {"server": {"admissionDeadlineSeconds": 30}},
             "server.admissionDeadlineSeconds: must stay below",
         ),
+        ({"server": {"maxConnections": 0}}, "server.maxConnections: must be at least 1, got 0"),
+        (
+            {"server": {"maxImagesPerObject": 2.5}},
+            "server.maxImagesPerObject: expected int, got float",
+        ),
+        (
+            {"server": {"idleTimeoutSeconds": 0}},
+            "server.idleTimeoutSeconds: must be greater than 0",
+        ),
+        (
+            {"server": {"maxRequestBytes": 2048, "maxBodyBytesInFlight": 1024}},
+            "server.maxBodyBytesInFlight: must be at least server.maxRequestBytes (2048)",
+        ),
         (
             {"airgap": {"registry": "reg.local", "namespace": "Bad"}},
             "airgap.namespace: 'Bad' is not",
@@ -185,6 +204,11 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     typo.write_text("appSlug: a\nlicenseID: x\nmdoe: airgap\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: config: unknown key 'mdoe'"):
         config.load(typo)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"appSlug: caf\xe9\nlicenseID: x\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(latin1)
+    assert str(caught.value) == (f"{latin1}: not UTF-8 text (an undecodable byte at offset 12)")
 
 
 def test_airgap_config() -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,7 +117,7 @@ async def setup(
     probe = ScriptedProbe()
     resolver = VisibilityResolver(SETTINGS.visibility, probe, 4, metrics=metrics)
     secrets = PullSecrets(
-        object(),  # an ApiClient is only handed to CoreV1Api, replaced below
+        cast(ApiClient, object()),  # an ApiClient is only handed to CoreV1Api, replaced below
         SETTINGS,
         lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
         metrics=metrics,
@@ -237,3 +238,20 @@ async def test_metrics_are_on_the_health_port_only(
         session.get(f"{servers.webhook}/metrics", ssl=servers.context) as response,
     ):
         assert response.status in (404, 405)
+
+
+async def test_pull_secret_health_is_a_gauge() -> None:
+    """1 while every covered namespace has the current secret; 0 once a reconcile
+    leaves one without it (here the API server refuses team-b)."""
+    metrics = Metrics()
+    secrets = PullSecrets(
+        cast(ApiClient, object()),
+        SETTINGS,
+        lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
+        metrics=metrics,
+    )
+    secrets.core = FakeCoreV1()  # type: ignore[assignment]
+    gauge = "image_proxy_webhook_pull_secrets_healthy"
+    assert metrics.registry.get_sample_value(gauge) == 1.0
+    assert await secrets.reconcile() == 1
+    assert metrics.registry.get_sample_value(gauge) == 0.0

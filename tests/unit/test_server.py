@@ -51,8 +51,9 @@ async def serve(certs: tls.CertPaths) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def start(admitter: Admitter) -> str:
+        # auto_decompress off, as the service runs it: the parser never inflates a body
         server = TestServer(webhook_app(admitter), host="localhost")
-        await server.start_server(ssl=tls.server_context(certs))
+        await server.start_server(ssl=tls.server_context(certs), auto_decompress=False)
         servers.append(server)
         return f"https://localhost:{server.port}"
 
@@ -324,3 +325,173 @@ def test_text_log_lines_cannot_be_forged() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line
     assert line.endswith("web\\n2026-01-01 00:00:00 INFO forged: line: allowed uid=u\\r\\nx")
+
+
+# --- what a client can make one request cost ----------------------------------------
+
+
+async def raw_exchange(
+    base: str, head: str, context: ssl.SSLContext, body: bytes = b""
+) -> tuple[int, Any]:
+    """Send a request head (and maybe part of its body) over TLS; read one answer."""
+    host, port = base.removeprefix("https://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=context, server_hostname=host
+    )
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answer = await reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split()[1]), json.loads(answer)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+async def test_compressed_bodies_are_refused_before_the_body_is_read(
+    serve: Serve, client_ssl: ssl.SSLContext, encoding: str
+) -> None:
+    """The API server never compresses a review: 415 from the headers alone (the
+    body announced here is never sent, and the answer comes anyway)."""
+    base = await serve(Admitter(SETTINGS))
+    head = (
+        "POST /mutate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
+        f"Content-Encoding: {encoding}\nContent-Length: 5000000\n"
+    )
+    status, answer = await raw_exchange(base, head, client_ssl)
+    assert status == 415
+    assert answer["error"] == (
+        f"Content-Encoding {encoding.lower()!r} is not accepted: the API server sends "
+        "uncompressed reviews"
+    )
+
+
+async def test_identity_encoding_is_accepted(serve: Serve, client_ssl: ssl.SSLContext) -> None:
+    base = await serve(Admitter(SETTINGS))
+    body = json.dumps(review(pod("nginx"))).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base}/mutate", data=body, ssl=client_ssl, headers={"Content-Encoding": "identity"}
+        ) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["response"]["allowed"] is True
+
+
+async def test_a_body_announced_too_large_is_refused_before_it_is_sent(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    base = await serve(Admitter(SETTINGS))
+    head = (
+        "POST /validate HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
+        f"Content-Length: {MAX_BODY_BYTES + 1}\n"
+    )
+    status, answer = await raw_exchange(base, head, client_ssl)
+    assert status == 413
+    assert answer["error"] == (
+        f"request body larger than {MAX_BODY_BYTES} bytes (server.maxRequestBytes)"
+    )
+
+
+async def test_more_images_than_the_cap_is_a_400_that_names_it(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    capped = config.parse(
+        {"appSlug": "my-app", "licenseID": "l", "server": {"maxImagesPerObject": 3}}
+    )
+    resolver = StaticResolver({})
+    base = await serve(Admitter(capped, resolver=resolver))
+    status, answer = await post(
+        f"{base}/mutate", review(pod("a:1", "b:1", init=("c:1", "d:1"))), client_ssl
+    )
+    assert status == 400
+    assert answer["error"] == "the Pod lists 4 images, more than server.maxImagesPerObject (3)"
+    assert resolver.asked == []  # refused before anything was probed
+    status, answer = await post(f"{base}/mutate", review(pod("a:1", "b:1", "c:1")), client_ssl)
+    assert status == 200
+    # an image volume is an image too, and the old object is held to the same cap
+    with_volume = pod("a:1", "b:1", "c:1")
+    with_volume["spec"]["volumes"] = [{"name": "v", "image": {"reference": "d:1"}}]
+    status, answer = await post(f"{base}/mutate", review(with_volume), client_ssl)
+    assert answer["error"] == "the Pod lists 4 images, more than server.maxImagesPerObject (3)"
+    update = review(pod("a:1"), operation="UPDATE", old=with_volume)
+    status, answer = await post(f"{base}/mutate", update, client_ssl)
+    assert status == 400
+    assert answer["error"] == (
+        "the old Pod lists 4 images, more than server.maxImagesPerObject (3)"
+    )
+
+
+class HeldResolver:
+    """Holds every admission until released (a registry that is slow to answer)."""
+
+    def __init__(self, expected: int) -> None:
+        self.waiting = 0
+        self.expected = expected
+        self.all_waiting = asyncio.Event()  # ``expected`` admissions are held
+        self.release = asyncio.Event()
+
+    async def resolve_all(
+        self, wanted: Mapping[Repository, ImageRef], timeout: float
+    ) -> dict[Repository, Visibility]:
+        self.waiting += 1
+        if self.waiting == self.expected:
+            self.all_waiting.set()
+        await self.release.wait()
+        return {key: Visibility.PUBLIC for key in wanted}
+
+
+@pytest.mark.parametrize(
+    ("limits", "held"),
+    [
+        ({"maxAdmissionsInFlight": 2}, 2),
+        # two bodies of at most 4 KiB fit, a third does not
+        ({"maxRequestBytes": 4096, "maxBodyBytesInFlight": 8192}, 2),
+    ],
+)
+async def test_admissions_past_the_in_flight_cap_are_refused_at_once(
+    serve: Serve, client_ssl: ssl.SSLContext, limits: dict[str, int], held: int
+) -> None:
+    settings = config.parse({"appSlug": "my-app", "licenseID": "l", "server": limits})
+    resolver = HeldResolver(held)
+    base = await serve(Admitter(settings, resolver=resolver))
+    body = json.dumps(review(pod("gcr.io/x/y:1"))).encode()
+    body = body + b" " * (4000 - len(body))  # 4 000 bytes each
+    waiting = [asyncio.create_task(post(f"{base}/mutate", body, client_ssl)) for _ in range(held)]
+    await resolver.all_waiting.wait()
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/mutate", data=body, ssl=client_ssl) as response,
+    ):
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        error = (await response.json())["error"]
+    assert error.startswith("too many admissions in flight")
+    assert "server.maxAdmissionsInFlight" in error and "server.maxBodyBytesInFlight" in error
+
+    resolver.release.set()
+    for status, answer in await asyncio.gather(*waiting):
+        assert status == 200 and answer["response"]["allowed"] is True
+    status, answer = await post(f"{base}/mutate", body, client_ssl)  # room again
+    assert status == 200
+
+
+async def test_more_json_values_than_the_cap_is_a_400_before_decoding(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    capped = config.parse({"appSlug": "my-app", "licenseID": "l", "server": {"maxJsonValues": 50}})
+    base = await serve(Admitter(capped))
+    rv = review(pod("nginx"))
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 200  # a small review fits
+    rv["request"]["object"]["metadata"]["labels"] = {f"l{i}": "x" for i in range(50)}
+    status, answer = await post(f"{base}/mutate", rv, client_ssl)
+    assert status == 400
+    assert answer["error"] == ("request body holds more than 50 JSON values (server.maxJsonValues)")

@@ -205,7 +205,9 @@ async def test_cache_is_bounded_by_cache_size() -> None:
 async def test_concurrent_misses_share_one_probe() -> None:
     probe = GatedProbe(PRIVATE)
     r = resolver(probe)
-    callers = [asyncio.create_task(r.resolve("quay.io", "org/app", "v1")) for _ in range(25)]
+    callers: list[asyncio.Task[Resolved | dict[tuple[str, str], Visibility]]] = [
+        asyncio.create_task(r.resolve("quay.io", "org/app", "v1")) for _ in range(25)
+    ]
     callers += [
         asyncio.create_task(r.resolve_all(wanted("quay.io/org/app:v2"), 5.0)) for _ in range(25)
     ]
