@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -128,12 +129,40 @@ def review(
 
 
 def patch_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The answer's JSONPatch operations, each checked to be well formed."""
     response = answer["response"]
     if "patch" not in response:
         return []
     assert response["patchType"] == "JSONPatch"
     ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"]))
+    assert isinstance(ops, list) and ops, f"a patch is a non-empty list of operations: {ops!r}"
+    for op in ops:
+        problem = operation_problem(op)
+        assert problem is None, f"{problem}: {op!r}"
     return ops
+
+
+# RFC 6901: "" or "/"-separated reference tokens in which "~" is only "~0" or "~1".
+_JSON_POINTER = re.compile(r"(/([^~/]|~[01])*)*")
+
+
+def operation_problem(op: object) -> str | None:
+    """Why ``op`` is not a well-formed operation of the webhook's patches (RFC 6902), or None.
+
+    The webhook writes "add" and "replace" only, each with exactly op, path and value.
+    """
+    if not isinstance(op, dict):
+        return "an operation is a JSON object"
+    if op.get("op") not in ("add", "replace"):
+        return "op is add or replace"
+    if set(op) != {"op", "path", "value"}:
+        return "an operation has exactly op, path and value"
+    path = op["path"]
+    if not isinstance(path, str) or not _JSON_POINTER.fullmatch(path):
+        return "path is a JSON pointer"
+    if path.endswith("/-") and op["op"] != "add":
+        return "only add may append with /-"
+    return None
 
 
 def apply(answer: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,9 @@ Endpoint = Literal["mutate", "validate"]
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 KINDS = frozenset({"Pod", "EphemeralContainers", *WORKLOAD_TEMPLATES})
 
+_LINE = "%s %s %s/%s: %s in %.1f ms"
+_NO_CALLER = ("(unknown file)", 0)  # what logging records when it finds no caller
+
 
 class Resolver(Protocol):
     async def resolve_all(
@@ -149,12 +152,13 @@ class Admitter:
 
     def _record(self, outcome: Outcome, endpoint: Endpoint) -> None:
         request, decision = outcome.request, outcome.decision
+        label = outcome.label
         if self.metrics is not None:
             labels = (
                 endpoint,
                 _label(request.operation, OPERATIONS),
                 _label(request.kind, KINDS),
-                outcome.label,
+                label,
             )
             counter = self._counters.get(labels)
             if counter is None:
@@ -177,7 +181,7 @@ class Admitter:
             "kind": request.kind,
             "namespace": request.namespace,
             "name": request.name,
-            "outcome": outcome.label,
+            "outcome": label,
             "duration_ms": round(outcome.seconds * 1000, 3),
         }
         if decision.rewrites:
@@ -188,16 +192,20 @@ class Admitter:
             )
         if decision.details:
             fields["warnings"] = list(decision.details)  # in full; the client gets them short
-        log.info(
-            "%s %s %s/%s: %s in %.1f ms",
+        args = (
             endpoint,
             request.kind or "-",
             request.namespace or "-",
             request.name or "-",
-            outcome.label,
+            label,
             outcome.seconds * 1000,
-            extra={"fields": fields},
         )
+        # What log.info does, less looking up the caller's frame, which neither
+        # formatter shows (logs.py): a quarter of the line's cost.
+        record = log.makeRecord(
+            log.name, logging.INFO, *_NO_CALLER, _LINE, args, None, extra={"fields": fields}
+        )
+        log.handle(record)
 
 
 def _label(value: str, known: frozenset[str]) -> str:

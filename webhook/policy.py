@@ -89,8 +89,9 @@ class Plan:
     to_probe: Mapping[Repository, ImageRef] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Rewrite:
+class Rewrite(NamedTuple):
+    """One image to rewrite (a NamedTuple for the reason PlannedImage is one)."""
+
     pointer: str
     key: str  # the image's key in the original-images record
     original: str

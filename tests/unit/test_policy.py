@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.reviews import AIRGAP_CONFIG, ONLINE_CONFIG, apply, images_of, patch_of, pod, review
+from tests.reviews import (
+    AIRGAP_CONFIG,
+    ONLINE_CONFIG,
+    apply,
+    images_of,
+    operation_problem,
+    patch_of,
+    pod,
+    review,
+)
 from webhook import config, policy
 from webhook import review as wire
 from webhook.config import Settings, Visibility
@@ -466,3 +475,77 @@ def test_registry_on_an_internal_address_is_left_alone() -> None:
 def test_override_visibility_must_be_public_or_private() -> None:
     with pytest.raises(config.ConfigError, match="visibility: required, one of public, private"):
         settings(visibility={"overrides": [{"match": "x/*", "visibility": "internal"}]})
+
+
+def _without_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    del obj["metadata"]
+    return obj
+
+
+# Each shape of operation the mutating answer writes: (object, the expected (op, path) list).
+PATCH_SHAPES = [
+    (
+        pod("acme/app:1"),
+        [
+            ("replace", "/spec/containers/0/image"),
+            ("add", "/spec/imagePullSecrets"),
+            ("add", "/metadata/annotations"),
+        ],
+    ),
+    (
+        pod("acme/app:1", pull_secrets=[{"name": "other"}], annotations={"team": "a"}),
+        [
+            ("replace", "/spec/containers/0/image"),
+            ("add", "/spec/imagePullSecrets/-"),
+            ("add", "/metadata/annotations/image-proxy-webhook.io~1original-images"),
+        ],
+    ),
+    (
+        _without_metadata(pod("nginx", "acme/app:1")),
+        [
+            ("replace", "/spec/containers/1/image"),
+            ("add", "/spec/imagePullSecrets"),
+            ("add", "/metadata"),
+        ],
+    ),
+    (
+        pod(image_volumes={"data": "acme/data:1"}),
+        [
+            ("replace", "/spec/volumes/0/image/reference"),
+            ("add", "/spec/imagePullSecrets"),
+            ("add", "/metadata/annotations"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), PATCH_SHAPES)
+def test_patch_operations_are_well_formed_and_apply(
+    obj: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    """The patch is written from the decision's pointers: each operation is checked
+    (op, a JSON pointer path, a value) and the whole applies to the object."""
+    answer = mutate(settings(), review(obj, namespace="my-app"))
+    ops = patch_of(answer)  # checks every operation is well formed
+    assert [(op["op"], op["path"]) for op in ops] == expected
+    result = apply(answer, obj)
+    assert result["spec"]["imagePullSecrets"][-1] == {"name": "my-app-registry"}
+    assert ANNOTATION in result["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        [],
+        {"op": "remove", "path": "/spec"},
+        {"op": "add", "path": "/spec"},
+        {"op": "add", "path": "/spec", "value": 1, "from": "/x"},
+        {"op": "replace", "path": "spec/containers", "value": "x"},
+        {"op": "add", "path": "/metadata/annotations/a~2b", "value": "x"},
+        {"op": "add", "path": "/metadata/annotations/a~", "value": "x"},
+        {"op": "replace", "path": "/spec/imagePullSecrets/-", "value": {}},
+        {"op": "add", "path": 3, "value": "x"},
+    ],
+)
+def test_malformed_operations_are_caught(op: object) -> None:
+    assert operation_problem(op) is not None
