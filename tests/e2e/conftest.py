@@ -17,9 +17,5 @@ def kube_apiserver() -> Iterator[KubeAPIServer]:
     because CI must build the API server first (``.ci/build-kube-apiserver``).
     """
     apiserver, etcd = require_binaries()
-    server = KubeAPIServer(binary=apiserver, etcd_binary=etcd)
-    server.start()
-    try:
+    with KubeAPIServer(binary=apiserver, etcd_binary=etcd) as server:
         yield server
-    finally:
-        server.stop()

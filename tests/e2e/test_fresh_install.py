@@ -49,12 +49,8 @@ def readme_values(app: str) -> dict[str, Any]:
 def empty_cluster() -> Iterator[KubeAPIServer]:
     apiserver, etcd = require_binaries()
     require_helm()
-    server = KubeAPIServer(binary=apiserver, etcd_binary=etcd)
-    server.start()
-    try:
+    with KubeAPIServer(binary=apiserver, etcd_binary=etcd) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -145,6 +145,18 @@ def can_bind_low_ports() -> bool:
     return os.geteuid() == 0
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a server process we started (kill it after 5 s) and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def _wait_for_port(host: str, port: int, timeout: float, alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -558,14 +570,7 @@ class Registry:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     @property
     def running(self) -> bool:

@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.integration.registries import _wait_for_port, free_port
+from tests.integration.registries import _wait_for_port, free_port, stop_process
 
 _REQUEST_LINE = re.compile(r"Request \(file descriptor \d+\): (?P<request>\S+ \S+) HTTP/")
 
@@ -63,14 +63,7 @@ class TinyProxy:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def requests(self) -> list[str]:
         """Every request line the proxy was asked to forward, oldest first."""
