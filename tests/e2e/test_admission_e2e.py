@@ -170,6 +170,15 @@ def online_settings(registries: dict[str, Any], covered: list[str], **extra: Any
     return settings
 
 
+def airgap_settings(covered: list[str], namespace: str, **airgap: str) -> dict[str, Any]:
+    """Air gap to AIRGAP_REGISTRY under ``namespace`` (``airgap`` adds credentials)."""
+    return {
+        "mode": "airgap",
+        "namespaces": covered,
+        "airgap": {"registry": AIRGAP_REGISTRY, "namespace": namespace, **airgap},
+    }
+
+
 # --- online ------------------------------------------------------------------------
 
 
@@ -623,14 +632,7 @@ async def test_airgap_rewrites_to_the_local_registry_and_refuses_digests(
     password = tmp_path / "password"
     password.write_text("s3cret-airgap\n")
     settings = {
-        "mode": "airgap",
-        "namespaces": [app],
-        "airgap": {
-            "registry": AIRGAP_REGISTRY,
-            "namespace": "my-app",
-            "username": "airgap-user",
-            "passwordFile": str(password),
-        },
+        **airgap_settings([app], "my-app", username="airgap-user", passwordFile=str(password)),
         "probe": {"insecureRegistries": [priv, pub]},
         "server": {"admissionDeadlineSeconds": 6},
     }
@@ -697,11 +699,7 @@ async def test_airgap_without_registry_credentials_adds_no_pull_secret(
 ) -> None:
     app = f"app-{tag}"
     await namespaces(kube_apiserver, tag, app)
-    settings = {
-        "mode": "airgap",
-        "namespaces": [app],
-        "airgap": {"registry": AIRGAP_REGISTRY, "namespace": ""},
-    }
+    settings = airgap_settings([app], "")
     async with (
         run_webhook(settings, certs, secrets=admin_secrets) as hook,
         mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
@@ -1221,11 +1219,7 @@ async def test_metadata_updates_of_an_existing_digest_pinned_pod_pass_in_air_gap
     await namespaces(kube_apiserver, tag, app)
     pinned = f"quay.io/my-org/api@sha256:{'ab' * 32}"
     assert (await create_pod(api, app, pod("pinned", {"api": pinned}))).status == 201
-    settings = {
-        "mode": "airgap",
-        "namespaces": [app],
-        "airgap": {"registry": AIRGAP_REGISTRY, "namespace": "my-app"},
-    }
+    settings = airgap_settings([app], "my-app")
 
     async with (
         run_webhook(settings, certs, secrets=admin_secrets) as hook,
