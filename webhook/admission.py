@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from webhook import podspec, policy, review
@@ -112,8 +112,7 @@ class Admitter:
         else:
             warning = await self._ensure_secret(request, decision, deadline)
             if warning:
-                decision = replace(
-                    decision,
+                decision = decision._replace(
                     warnings=(*decision.warnings, warning),
                     details=(*decision.details, warning),
                 )

@@ -8,17 +8,13 @@ where it should be is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 VOLUMES = "volumes"
-# Each list of a pod spec that holds images -> where the image is in one of its entries.
-IMAGE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    *((list_name, ("image",)) for list_name in CONTAINER_LISTS),
-    (VOLUMES, ("image", "reference")),  # image volumes (Kubernetes 1.31+)
-)
+# The lists of a pod spec that hold images: the containers' ``image``, and the image
+# volumes' ``image.reference`` (Kubernetes 1.31+).
 # Key prefix of an image volume in the original-images record: container names are
 # DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
 VOLUME_KEY_PREFIX = "volume:"
@@ -70,8 +66,7 @@ class ImageField(NamedTuple):
         return "reference" if self.list_name == VOLUMES else "image"
 
 
-@dataclass(frozen=True, slots=True)
-class PodTemplate:
+class PodTemplate(NamedTuple):
     """One pod spec in an object, with where its metadata and spec live."""
 
     pointer: str  # "" for a Pod itself
@@ -102,25 +97,48 @@ def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
     return node
 
 
-def _images(spec: Mapping[str, Any], spec_pointer: str) -> Iterator[ImageField]:
-    """Every image of a pod spec: the containers of each list, then the image volumes."""
-    for list_name, field in IMAGE_FIELDS:
+def _images(spec: Mapping[str, Any], spec_pointer: str) -> tuple[ImageField, ...]:
+    """Every image of a pod spec: the containers of each list, then the image volumes.
+
+    Written out per list and without helpers: it runs on every admission, and a call
+    per field read was half its cost.
+    """
+    found: list[ImageField] = []
+    for list_name in CONTAINER_LISTS:
         entries = spec.get(list_name)
         if not isinstance(entries, list):
             continue
-        suffix = "/".join(field)
+        prefix = f"{spec_pointer}/{list_name}/"
         for index, entry in enumerate(entries):
-            image = entry
-            for key in field:
-                image = child(image, key)
+            if not (type(entry) is dict or isinstance(entry, Mapping)):
+                continue
+            image = entry.get("image")
+            if isinstance(image, str):
+                name = entry.get("name")
+                found.append(
+                    ImageField(
+                        f"{prefix}{index}/image",
+                        list_name,
+                        name if isinstance(name, str) else "",
+                        image,
+                    )
+                )
+    volumes = spec.get(VOLUMES)
+    if isinstance(volumes, list):
+        prefix = f"{spec_pointer}/{VOLUMES}/"
+        for index, entry in enumerate(volumes):
+            image = child(child(entry, "image"), "reference")
             if isinstance(image, str):
                 name = child(entry, "name")
-                yield ImageField(
-                    f"{spec_pointer}/{list_name}/{index}/{suffix}",
-                    list_name,
-                    name if isinstance(name, str) else "",
-                    image,
+                found.append(
+                    ImageField(
+                        f"{prefix}{index}/image/reference",
+                        VOLUMES,
+                        name if isinstance(name, str) else "",
+                        image,
+                    )
                 )
+    return tuple(found)
 
 
 def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTemplate | None:
@@ -133,7 +151,7 @@ def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTem
         metadata if isinstance(metadata, Mapping) else None,
         spec,
         spec_pointer,
-        tuple(_images(spec, spec_pointer)),
+        _images(spec, spec_pointer),
     )
 
 
@@ -167,7 +185,7 @@ def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate |
         # Kubernetes before 1.22 sends the pods/ephemeralcontainers subresource as a
         # v1 EphemeralContainers object: metadata plus a top-level list.
         template = _template(obj, "", "")
-        return replace(template, shows_pull_secrets=False) if template is not None else None
+        return template._replace(shows_pull_secrets=False) if template is not None else None
     if workloads and kind in WORKLOAD_TEMPLATES:
         pointer = WORKLOAD_TEMPLATES[kind]
         return _template(obj, pointer, f"{pointer}/spec")

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import orjson
 
@@ -59,8 +58,7 @@ class AdmissionReview(TypedDict):
     response: AdmissionResponse
 
 
-@dataclass(frozen=True, slots=True)
-class AdmissionRequest:
+class AdmissionRequest(NamedTuple):
     uid: str
     kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
     operation: str
