@@ -63,12 +63,21 @@ class Connection(asyncio.Protocol):
     def __init__(self, owner: Listener, inner: asyncio.Protocol, slot: _Slot) -> None:
         self._owner = owner
         self._inner = inner
+        self._inner_data_received = inner.data_received
         self._slot = slot
         self.transport: asyncio.Transport | None = None
         self._received = 0  # data_received calls so far
         self._read_up_to = 0  # ... of which belong to requests already read
         self._busy = 0  # requests being handled
         self._refused = False  # answered without reading the body: aiohttp closes it
+        settings = owner.settings
+        self._header_timeout = settings.header_timeout_seconds
+        self._idle_timeout = settings.idle_timeout_seconds
+        # The timer sleeps at most this long, so that no deadline set later is earlier
+        # than its next firing: a request moves the deadline, never the timer.
+        self._step = min(self._header_timeout, self._idle_timeout)
+        self._loop = asyncio.get_running_loop()
+        self._deadline = 0.0  # closed then, unless a request is being handled
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -82,17 +91,18 @@ class Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self._owner._open[transport] = self
-        self._arm(self._owner.settings.idle_timeout_seconds)
+        self._deadline = self._loop.time() + self._idle_timeout
+        self._arm()
         self._inner.connection_made(transport)
         if self._owner.draining:
             # the handshake finished as the drain began: this connection has no request yet
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle:
-            self._arm(self._owner.settings.header_timeout_seconds)
+        if self._received == self._read_up_to and not self._busy:  # idle: a request begins
+            self._deadline = self._loop.time() + self._header_timeout
         self._received += 1
-        self._inner.data_received(data)
+        self._inner_data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -104,7 +114,9 @@ class Connection(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self._owner._open.pop(self.transport, None)
         self._slot.release()
@@ -114,9 +126,8 @@ class Connection(asyncio.Protocol):
     # --- requests ------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """A request's headers were read and its handler runs."""
+        """A request's headers were read and its handler runs (no deadline meanwhile)."""
         self._busy += 1
-        self._disarm()
 
     def body_read(self) -> None:
         """Every byte received so far belongs to requests already read."""
@@ -132,30 +143,35 @@ class Connection(asyncio.Protocol):
         self._busy -= 1
         if self._busy or self._refused:
             return
-        if self.idle:
+        if self._received == self._read_up_to:  # idle
             if self._owner.draining and self.transport is not None:
                 self.transport.close()  # the answer said Connection: close
                 return
-            self._arm(self._owner.settings.idle_timeout_seconds)
+            self._deadline = self._loop.time() + self._idle_timeout
         else:  # the next request has begun to arrive (pipelined)
-            self._arm(self._owner.settings.header_timeout_seconds)
+            self._deadline = self._loop.time() + self._header_timeout
+        if self._timer is None:
+            self._arm()
 
-    # --- timers --------------------------------------------------------------------------
+    # --- the timer -----------------------------------------------------------------------
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+    def _arm(self) -> None:
+        """Wake at the deadline, or sooner (``_step``) to look at a deadline moved since."""
+        self._timer = self._loop.call_at(
+            min(self._deadline, self._loop.time() + self._step), self._wake
+        )
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        """Idle too long, or headers too slow: nothing of a request was read; close."""
+    def _wake(self) -> None:
+        """Idle too long, or headers too slow: nothing of a request was read; close.
+        A request being handled (or refused, aiohttp closing) has no deadline: its
+        end arms the timer again."""
         self._timer = None
-        if self._busy == 0 and self.transport is not None:
+        if self._busy or self._refused or self.transport is None:
+            return
+        if self._loop.time() >= self._deadline:
             self.transport.close()
+        else:
+            self._arm()
 
     def close_if_idle(self) -> None:
         if self.idle and self.transport is not None:
