@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BACKLOG = 128
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
 
 class _Slot:
     """One of the ``maxConnections`` places, given back exactly once."""
@@ -214,8 +216,13 @@ class Listener:
     ) -> None:
         """Serve ``runner`` (set up) on every address ``host`` resolves to; OSError
         when one cannot be bound."""
-        assert runner.server is not None, "call runner.setup() first"
-        self._factory = runner.server
+        server = runner.server
+        assert server is not None, "call runner.setup() first"
+        # Every request of this runner, routed or not (a 404 too), goes through the
+        # tracking: cheaper than an application middleware, which aiohttp runs with
+        # machinery of its own per request.
+        server.request_handler = self._tracked(server.request_handler)
+        self._factory = server
         self._ssl = ssl_context
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
@@ -273,6 +280,42 @@ class Listener:
             if not isinstance(exc, asyncio.CancelledError):
                 log.debug("connection setup failed: %s", exc)
 
+    def _tracked(self, handler: Handler) -> Handler:
+        """``handler`` marking the connection busy while it runs; it writes the answer
+        before marking the connection idle again (so that a drain never closes a
+        connection with an answer still unwritten) and, while draining, answers with
+        ``Connection: close``."""
+        connections = self._open
+
+        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
+            connection = connections.get(request.transport)  # type: ignore[arg-type]
+            if connection is None:  # closed already
+                return await handler(request)
+            connection.begin()
+            try:
+                if request.content.is_eof():
+                    connection.body_read()
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:  # 404, 405 from the router: written here too
+                    response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
+                if request.content.is_eof():
+                    connection.body_read()
+                else:
+                    # refused without reading the body: aiohttp discards the rest of it
+                    # (for at most its lingering time) and closes after the answer
+                    response.force_close()
+                    connection.refused()
+                if self.draining:
+                    response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            finally:
+                connection.end()
+
+        return tracked
+
     def _closed_one(self) -> None:
         if self.draining and not self._open:
             self._all_closed.set()
@@ -312,43 +355,3 @@ class Listener:
 async def _settle(tasks: list[asyncio.Task[None]]) -> None:
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-LISTENER = web.AppKey("listener", Listener)
-
-
-@web.middleware
-async def tracked(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Marks the connection busy while a request is handled; writes the answer before
-    marking it idle again (so that a drain never closes a connection with an answer
-    still unwritten) and, while draining, answers with ``Connection: close``."""
-    listener = request.app.get(LISTENER)
-    connection = listener.connection_of(request.transport) if listener is not None else None
-    if connection is not None:
-        connection.begin()
-        if request.content.is_eof():
-            connection.body_read()
-    try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # 404, 405 from the router: answered the same way
-            response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
-        if not request.content.is_eof():
-            # refused without reading the body: aiohttp discards the rest of it (for
-            # at most its lingering time) and closes the connection after the answer
-            response.force_close()
-            if connection is not None:
-                connection.refused()
-        elif connection is not None:
-            connection.body_read()
-        if listener is not None and listener.draining:
-            response.force_close()
-        if connection is not None:
-            await response.prepare(request)
-            await response.write_eof()
-        return response
-    finally:
-        if connection is not None:
-            connection.end()

@@ -28,7 +28,6 @@ from aiohttp import web
 from webhook import review
 from webhook.admission import Admitter, Endpoint
 from webhook.config import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
-from webhook.connections import LISTENER, Listener, tracked
 from webhook.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -199,15 +198,13 @@ def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:
     return web.Response(body=review.encode(answer), content_type=JSON)
 
 
-def webhook_app(admitter: Admitter, listener: Listener | None = None) -> web.Application:
-    """The webhook's endpoints; ``listener``: the sockets serving them (connection
-    tracking for the drain and the timeouts)."""
+def webhook_app(admitter: Admitter) -> web.Application:
+    """The webhook's endpoints (served by a ``connections.Listener``, which tracks
+    each request's connection for the drain and the timeouts)."""
     settings = admitter.settings.server
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[tracked])
+    app = web.Application(client_max_size=settings.max_request_bytes)
     app[ADMITTER] = admitter
     app[GATE] = Gate(settings)
-    if listener is not None:
-        app[LISTENER] = listener
     app.router.add_post("/mutate", _handler("mutate"))
     app.router.add_post("/validate", _handler("validate"))
     return app
@@ -229,13 +226,9 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def health_app(
-    health: Health, metrics: Metrics, listener: Listener | None = None
-) -> web.Application:
-    app = web.Application(middlewares=[tracked])
+def health_app(health: Health, metrics: Metrics) -> web.Application:
+    app = web.Application()
     app[HEALTH] = health
-    if listener is not None:
-        app[LISTENER] = listener
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -148,20 +148,27 @@ async def test_an_idle_tls_connection_is_closed_after_the_idle_timeout(
     assert seconds >= IDLE_TIMEOUT * 0.8
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/mutate", 200), ("GET", "/no-such-path", 404), ("GET", "/mutate", 405)],
+)
 async def test_a_keep_alive_connection_is_closed_when_idle_after_an_answer(
-    server: tuple[ServerProcess, Any],
+    server: tuple[ServerProcess, Any], method: str, path: str, status: int
 ) -> None:
+    """After its answer (an admission's, or the router's refusal of an unknown path or
+    method) the connection is idle: closed at the idle timeout, not the header one."""
     process, context = server
     body = json.dumps(review(pod("nginx:1.25"))).encode()
     request = (
-        f"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     async with tls_connection(process, context) as (reader, writer):
         for _ in range(2):  # the connection is reused, then left idle
             writer.write(request)
-            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            assert (await reader.readline()).startswith(f"HTTP/1.1 {status} ".encode())
             headers = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+            assert "connection: close" not in headers
             length = int(headers.split("content-length:")[1].split("\r\n")[0])
             await reader.readexactly(length)
         seconds = await closed_after(reader, IDLE_TIMEOUT + SLACK)
