@@ -203,9 +203,6 @@ class Listener:
     def open_connections(self) -> int:
         return len(self._open)
 
-    def connection_of(self, transport: asyncio.BaseTransport | None) -> Connection | None:
-        return self._open.get(cast(asyncio.Transport, transport))
-
     async def start(
         self,
         runner: web.BaseRunner,
