@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BACKLOG = 128
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
 
 class _Slot:
     """One of the ``maxConnections`` places, given back exactly once."""
@@ -63,12 +65,21 @@ class Connection(asyncio.Protocol):
     def __init__(self, owner: Listener, inner: asyncio.Protocol, slot: _Slot) -> None:
         self._owner = owner
         self._inner = inner
+        self._inner_data_received = inner.data_received
         self._slot = slot
         self.transport: asyncio.Transport | None = None
         self._received = 0  # data_received calls so far
         self._read_up_to = 0  # ... of which belong to requests already read
         self._busy = 0  # requests being handled
         self._refused = False  # answered without reading the body: aiohttp closes it
+        settings = owner.settings
+        self._header_timeout = settings.header_timeout_seconds
+        self._idle_timeout = settings.idle_timeout_seconds
+        # The timer sleeps at most this long, so that no deadline set later is earlier
+        # than its next firing: a request moves the deadline, never the timer.
+        self._step = min(self._header_timeout, self._idle_timeout)
+        self._loop = asyncio.get_running_loop()
+        self._deadline = 0.0  # closed then, unless a request is being handled
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -82,17 +93,18 @@ class Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self._owner._open[transport] = self
-        self._arm(self._owner.settings.idle_timeout_seconds)
+        self._deadline = self._loop.time() + self._idle_timeout
+        self._arm()
         self._inner.connection_made(transport)
         if self._owner.draining:
             # the handshake finished as the drain began: this connection has no request yet
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle:
-            self._arm(self._owner.settings.header_timeout_seconds)
+        if self._received == self._read_up_to and not self._busy:  # idle: a request begins
+            self._deadline = self._loop.time() + self._header_timeout
         self._received += 1
-        self._inner.data_received(data)
+        self._inner_data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -104,7 +116,9 @@ class Connection(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self._owner._open.pop(self.transport, None)
         self._slot.release()
@@ -114,9 +128,8 @@ class Connection(asyncio.Protocol):
     # --- requests ------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """A request's headers were read and its handler runs."""
+        """A request's headers were read and its handler runs (no deadline meanwhile)."""
         self._busy += 1
-        self._disarm()
 
     def body_read(self) -> None:
         """Every byte received so far belongs to requests already read."""
@@ -132,30 +145,35 @@ class Connection(asyncio.Protocol):
         self._busy -= 1
         if self._busy or self._refused:
             return
-        if self.idle:
+        if self._received == self._read_up_to:  # idle
             if self._owner.draining and self.transport is not None:
                 self.transport.close()  # the answer said Connection: close
                 return
-            self._arm(self._owner.settings.idle_timeout_seconds)
+            self._deadline = self._loop.time() + self._idle_timeout
         else:  # the next request has begun to arrive (pipelined)
-            self._arm(self._owner.settings.header_timeout_seconds)
+            self._deadline = self._loop.time() + self._header_timeout
+        if self._timer is None:
+            self._arm()
 
-    # --- timers --------------------------------------------------------------------------
+    # --- the timer -----------------------------------------------------------------------
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+    def _arm(self) -> None:
+        """Wake at the deadline, or sooner (``_step``) to look at a deadline moved since."""
+        self._timer = self._loop.call_at(
+            min(self._deadline, self._loop.time() + self._step), self._wake
+        )
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        """Idle too long, or headers too slow: nothing of a request was read; close."""
+    def _wake(self) -> None:
+        """Idle too long, or headers too slow: nothing of a request was read; close.
+        A request being handled (or refused, aiohttp closing) has no deadline: its
+        end arms the timer again."""
         self._timer = None
-        if self._busy == 0 and self.transport is not None:
+        if self._busy or self._refused or self.transport is None:
+            return
+        if self._loop.time() >= self._deadline:
             self.transport.close()
+        else:
+            self._arm()
 
     def close_if_idle(self) -> None:
         if self.idle and self.transport is not None:
@@ -185,9 +203,6 @@ class Listener:
     def open_connections(self) -> int:
         return len(self._open)
 
-    def connection_of(self, transport: asyncio.BaseTransport | None) -> Connection | None:
-        return self._open.get(cast(asyncio.Transport, transport))
-
     async def start(
         self,
         runner: web.BaseRunner,
@@ -198,8 +213,13 @@ class Listener:
     ) -> None:
         """Serve ``runner`` (set up) on every address ``host`` resolves to; OSError
         when one cannot be bound."""
-        assert runner.server is not None, "call runner.setup() first"
-        self._factory = runner.server
+        server = runner.server
+        assert server is not None, "call runner.setup() first"
+        # Every request of this runner, routed or not (a 404 too), goes through the
+        # tracking: cheaper than an application middleware, which aiohttp runs with
+        # machinery of its own per request.
+        server.request_handler = self._tracked(server.request_handler)
+        self._factory = server
         self._ssl = ssl_context
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
@@ -257,6 +277,42 @@ class Listener:
             if not isinstance(exc, asyncio.CancelledError):
                 log.debug("connection setup failed: %s", exc)
 
+    def _tracked(self, handler: Handler) -> Handler:
+        """``handler`` marking the connection busy while it runs; it writes the answer
+        before marking the connection idle again (so that a drain never closes a
+        connection with an answer still unwritten) and, while draining, answers with
+        ``Connection: close``."""
+        connections = self._open
+
+        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
+            connection = connections.get(request.transport)  # type: ignore[arg-type]
+            if connection is None:  # closed already
+                return await handler(request)
+            connection.begin()
+            try:
+                if request.content.is_eof():
+                    connection.body_read()
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:  # 404, 405 from the router: written here too
+                    response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
+                if request.content.is_eof():
+                    connection.body_read()
+                else:
+                    # refused without reading the body: aiohttp discards the rest of it
+                    # (for at most its lingering time) and closes after the answer
+                    response.force_close()
+                    connection.refused()
+                if self.draining:
+                    response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            finally:
+                connection.end()
+
+        return tracked
+
     def _closed_one(self) -> None:
         if self.draining and not self._open:
             self._all_closed.set()
@@ -296,43 +352,3 @@ class Listener:
 async def _settle(tasks: list[asyncio.Task[None]]) -> None:
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-LISTENER = web.AppKey("listener", Listener)
-
-
-@web.middleware
-async def tracked(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Marks the connection busy while a request is handled; writes the answer before
-    marking it idle again (so that a drain never closes a connection with an answer
-    still unwritten) and, while draining, answers with ``Connection: close``."""
-    listener = request.app.get(LISTENER)
-    connection = listener.connection_of(request.transport) if listener is not None else None
-    if connection is not None:
-        connection.begin()
-        if request.content.is_eof():
-            connection.body_read()
-    try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # 404, 405 from the router: answered the same way
-            response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
-        if not request.content.is_eof():
-            # refused without reading the body: aiohttp discards the rest of it (for
-            # at most its lingering time) and closes the connection after the answer
-            response.force_close()
-            if connection is not None:
-                connection.refused()
-        elif connection is not None:
-            connection.body_read()
-        if listener is not None and listener.draining:
-            response.force_close()
-        if connection is not None:
-            await response.prepare(request)
-            await response.write_eof()
-        return response
-    finally:
-        if connection is not None:
-            connection.end()

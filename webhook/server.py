@@ -23,12 +23,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from webhook import review
 from webhook.admission import Admitter, Endpoint
 from webhook.config import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
-from webhook.connections import LISTENER, Listener, tracked
 from webhook.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,6 @@ class Health:
         return failing
 
 
-ADMITTER = web.AppKey("admitter", Admitter)
-GATE = web.AppKey("gate", Gate)
 HEALTH = web.AppKey("health", Health)
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -90,18 +87,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, text=body, content_type=JSON, headers=headers)
 
 
-def _refusal(request: web.Request, settings: ServerSettings) -> web.Response | None:
+def _refusal(request: web.Request, length: int | None, most: int) -> web.Response | None:
     """A refusal decided from the headers alone, before any of the body is read."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in IDENTITY:
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    if encoding is not None and (encoding := encoding.strip().lower()) not in IDENTITY:
         return _error(
             415,
             f"Content-Encoding {encoding!r} is not accepted: the API server sends "
             "uncompressed reviews",
         )
-    length = request.content_length
-    if length is not None and length > settings.max_request_bytes:
-        return _error(413, _too_large(settings))
+    if length is not None and length > most:
+        return _error(413, _too_large(most))
     return None
 
 
@@ -112,72 +108,83 @@ def _json_values(body: bytes) -> int:
     return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
 
 
-def _too_large(settings: ServerSettings) -> str:
-    return f"request body larger than {settings.max_request_bytes} bytes (server.maxRequestBytes)"
+def _too_many_values(body: bytes, cap: int) -> bool:
+    # each value counted is a byte of the body: a body shorter than the cap needs no count
+    return len(body) >= cap and _json_values(body) > cap
 
 
-def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _too_large(most: int) -> str:
+    return f"request body larger than {most} bytes (server.maxRequestBytes)"
+
+
+def _handler(
+    endpoint: Endpoint, admitter: Admitter, gate: Gate
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The endpoint's handler; what it needs of the settings is bound once, here."""
+    settings = admitter.settings.server
+    most = settings.max_request_bytes
+    deadline = settings.admission_deadline_seconds
+    cap = settings.max_json_values
+    admit = admitter.admit
+
     async def handle(request: web.Request) -> web.Response:
-        admitter = request.app[ADMITTER]
-        settings = admitter.settings.server
-        refusal = _refusal(request, settings)
+        length = request.content_length
+        refusal = _refusal(request, length, most)
         if refusal is not None:
             _count_error(admitter, endpoint, "encoding" if refusal.status == 415 else "too-large")
             return refusal
-        gate = request.app[GATE]
-        size = request.content_length
-        size = settings.max_request_bytes if size is None else size
+        size = most if length is None else length
         if not gate.enter(size):
-            log.warning(
-                "%s: refused a request from %s: too many in flight", endpoint, request.remote
-            )
-            _count_error(admitter, endpoint, "overloaded")
-            return _error(
-                503,
-                f"too many admissions in flight (at most {gate.max_count}, "
-                f"server.maxAdmissionsInFlight, holding at most {gate.max_bytes} bytes of "
-                "bodies, server.maxBodyBytesInFlight); retry",
-                headers={"Retry-After": "1"},
-            )
+            return _overloaded(request, admitter, endpoint, gate)
         try:
-            return await _answer(request, admitter, endpoint)
+            # Read the body within the deadline, then answer it.
+            try:
+                if request.content.is_eof():
+                    # The whole body has arrived already (the usual case): no timer to arm.
+                    body = await request.read()
+                else:
+                    async with asyncio.timeout(deadline):
+                        body = await request.read()
+            except TimeoutError:
+                _count_error(admitter, endpoint, "body-timeout")
+                return _error(408, f"request body not received within {deadline:g}s")
+            except web.HTTPRequestEntityTooLarge:
+                _count_error(admitter, endpoint, "too-large")
+                return _error(413, _too_large(most))
+            if _too_many_values(body, cap):
+                _count_error(admitter, endpoint, "bad-request")
+                return _error(
+                    400, f"request body holds more than {cap} JSON values (server.maxJsonValues)"
+                )
+            try:
+                outcome = await admit(body, endpoint)
+            except review.ReviewError as exc:
+                log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
+                _count_error(admitter, endpoint, "bad-request")
+                return _error(400, str(exc))
+            except Exception:
+                log.exception("%s: unexpected error answering an admission request", endpoint)
+                _count_error(admitter, endpoint, "internal-error")
+                return _internal_error_answer(body, endpoint)
+            return web.Response(body=review.encode(outcome.answer), content_type=JSON)
         finally:
             gate.leave(size)
 
     return handle
 
 
-async def _answer(request: web.Request, admitter: Admitter, endpoint: Endpoint) -> web.Response:
-    """Read the body within the deadline and answer it."""
-    deadline = admitter.settings.server.admission_deadline_seconds
-    try:
-        if request.content.is_eof():
-            # The whole body has arrived already (the usual case): no timer to arm.
-            body = await request.read()
-        else:
-            async with asyncio.timeout(deadline):
-                body = await request.read()
-    except TimeoutError:
-        _count_error(admitter, endpoint, "body-timeout")
-        return _error(408, f"request body not received within {deadline:g}s")
-    except web.HTTPRequestEntityTooLarge:
-        _count_error(admitter, endpoint, "too-large")
-        return _error(413, _too_large(admitter.settings.server))
-    cap = admitter.settings.server.max_json_values
-    if _json_values(body) > cap:
-        _count_error(admitter, endpoint, "bad-request")
-        return _error(400, f"request body holds more than {cap} JSON values (server.maxJsonValues)")
-    try:
-        outcome = await admitter.admit(body, endpoint)
-    except review.ReviewError as exc:
-        log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
-        _count_error(admitter, endpoint, "bad-request")
-        return _error(400, str(exc))
-    except Exception:
-        log.exception("%s: unexpected error answering an admission request", endpoint)
-        _count_error(admitter, endpoint, "internal-error")
-        return _internal_error_answer(body, endpoint)
-    return web.Response(body=review.encode(outcome.answer), content_type=JSON)
+def _overloaded(
+    request: web.Request, admitter: Admitter, endpoint: Endpoint, gate: Gate
+) -> web.Response:
+    log.warning("%s: refused a request from %s: too many in flight", endpoint, request.remote)
+    _count_error(admitter, endpoint, "overloaded")
+    return _error(
+        503,
+        f"too many admissions in flight (at most {gate.max_count}, "
+        f"server.maxAdmissionsInFlight, holding at most {gate.max_bytes} bytes of "
+        "bodies, server.maxBodyBytesInFlight); retry",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _count_error(admitter: Admitter, endpoint: Endpoint, reason: str) -> None:
@@ -199,17 +206,14 @@ def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:
     return web.Response(body=review.encode(answer), content_type=JSON)
 
 
-def webhook_app(admitter: Admitter, listener: Listener | None = None) -> web.Application:
-    """The webhook's endpoints; ``listener``: the sockets serving them (connection
-    tracking for the drain and the timeouts)."""
+def webhook_app(admitter: Admitter) -> web.Application:
+    """The webhook's endpoints (served by a ``connections.Listener``, which tracks
+    each request's connection for the drain and the timeouts)."""
     settings = admitter.settings.server
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[tracked])
-    app[ADMITTER] = admitter
-    app[GATE] = Gate(settings)
-    if listener is not None:
-        app[LISTENER] = listener
-    app.router.add_post("/mutate", _handler("mutate"))
-    app.router.add_post("/validate", _handler("validate"))
+    app = web.Application(client_max_size=settings.max_request_bytes)
+    gate = Gate(settings)
+    app.router.add_post("/mutate", _handler("mutate", admitter, gate))
+    app.router.add_post("/validate", _handler("validate", admitter, gate))
     return app
 
 
@@ -229,13 +233,9 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def health_app(
-    health: Health, metrics: Metrics, listener: Listener | None = None
-) -> web.Application:
-    app = web.Application(middlewares=[tracked])
+def health_app(health: Health, metrics: Metrics) -> web.Application:
+    app = web.Application()
     app[HEALTH] = health
-    if listener is not None:
-        app[LISTENER] = listener
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -151,9 +151,7 @@ async def running(
     server = settings.server
     async with contextlib.AsyncExitStack() as stack:
         probes = Listener(server)
-        await _listen(
-            stack, health_app(health, metrics, probes), probes, server.host, server.health_port
-        )
+        await _listen(stack, health_app(health, metrics), probes, server.host, server.health_port)
 
         webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
         # selfManagedTLS: the certificate files are written from the Secret before they load.
@@ -186,7 +184,7 @@ async def running(
         metrics.open_connections.set_function(lambda: hooks.open_connections)
         await _listen(
             stack,
-            webhook_app(admitter, hooks),
+            webhook_app(admitter),
             hooks,
             server.host,
             server.port,

@@ -148,24 +148,56 @@ async def test_an_idle_tls_connection_is_closed_after_the_idle_timeout(
     assert seconds >= IDLE_TIMEOUT * 0.8
 
 
-async def test_a_keep_alive_connection_is_closed_when_idle_after_an_answer(
-    server: tuple[ServerProcess, Any],
-) -> None:
-    process, context = server
+def raw_request(method: str, path: str) -> bytes:
     body = json.dumps(review(pod("nginx:1.25"))).encode()
-    request = (
-        f"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, status: int
+) -> None:
+    """One request on a kept-alive connection; its answer, which keeps it alive."""
+    writer.write(request)
+    assert (await reader.readline()).startswith(f"HTTP/1.1 {status} ".encode())
+    headers = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    assert "connection: close" not in headers
+    length = int(headers.split("content-length:")[1].split("\r\n")[0])
+    await reader.readexactly(length)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/mutate", 200), ("GET", "/no-such-path", 404), ("GET", "/mutate", 405)],
+)
+async def test_a_keep_alive_connection_is_closed_when_idle_after_an_answer(
+    server: tuple[ServerProcess, Any], method: str, path: str, status: int
+) -> None:
+    """After its answer (an admission's, or the router's refusal of an unknown path or
+    method) the connection is idle: closed at the idle timeout, not the header one."""
+    process, context = server
     async with tls_connection(process, context) as (reader, writer):
         for _ in range(2):  # the connection is reused, then left idle
-            writer.write(request)
-            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-            headers = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
-            length = int(headers.split("content-length:")[1].split("\r\n")[0])
-            await reader.readexactly(length)
+            await exchange(reader, writer, raw_request(method, path), status)
         seconds = await closed_after(reader, IDLE_TIMEOUT + SLACK)
     assert seconds >= IDLE_TIMEOUT * 0.8
+
+
+async def test_a_connection_in_use_outlives_the_timeouts(
+    server: tuple[ServerProcess, Any],
+) -> None:
+    """Requests every 0.3 s for longer than both timeouts: each moves the connection's
+    deadline, none is refused, and the idle timeout counts from the last answer."""
+    process, context = server
+    async with tls_connection(process, context) as (reader, writer):
+        started = time.monotonic()
+        while time.monotonic() - started < IDLE_TIMEOUT + HEADER_TIMEOUT:
+            await exchange(reader, writer, raw_request("POST", "/mutate"), 200)
+            await asyncio.sleep(0.3)
+        seconds = await closed_after(reader, IDLE_TIMEOUT + SLACK)
+    assert seconds >= IDLE_TIMEOUT * 0.8 - 0.3
 
 
 @pytest.mark.parametrize("drip", [False, True])

@@ -495,3 +495,18 @@ async def test_more_json_values_than_the_cap_is_a_400_before_decoding(
     status, answer = await post(f"{base}/mutate", rv, client_ssl)
     assert status == 400
     assert answer["error"] == ("request body holds more than 50 JSON values (server.maxJsonValues)")
+
+
+async def test_the_json_values_cap_holds_at_its_boundary(
+    serve: Serve, client_ssl: ssl.SSLContext
+) -> None:
+    """A body shorter than the cap is never counted (each value counted is one of its
+    bytes); one as long as the cap can hold one value more than it, and is refused."""
+    capped = config.parse({"appSlug": "my-app", "licenseID": "l", "server": {"maxJsonValues": 50}})
+    base = await serve(Admitter(capped))
+    refused = "request body holds more than 50 JSON values (server.maxJsonValues)"
+    status, answer = await post(f"{base}/mutate", b"[" * 50, client_ssl)  # 51 values counted
+    assert (status, answer["error"]) == (400, refused)
+    status, answer = await post(f"{base}/mutate", b"[" * 49, client_ssl)  # 50: not above it
+    assert status == 400
+    assert answer["error"] != refused and "JSON" in answer["error"]
