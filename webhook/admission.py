@@ -90,14 +90,15 @@ class Admitter:
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
 
-    async def decide(self, request: Request, deadline: float) -> Decision:
-        """The decision for one object, probing what the overrides do not settle."""
+    async def decide(self, request: Request, deadline: float, *, explain: bool = True) -> Decision:
+        """The decision for one object, probing what the overrides do not settle;
+        ``explain``: with its violations (policy.decide)."""
         planned = policy.plan(request, self.settings, self.webhook_namespace)
         visibilities: dict[Repository, Visibility] = {}
         if planned.to_probe and self.resolver is not None:
             remaining = deadline - asyncio.get_running_loop().time()
             visibilities = await self.resolver.resolve_all(planned.to_probe, max(remaining, 0.0))
-        return policy.decide(planned, visibilities, self.settings)
+        return policy.decide(planned, visibilities, self.settings, explain=explain)
 
     async def admit(self, body: bytes, endpoint: Endpoint) -> Outcome:
         """Answer one AdmissionReview; ReviewError when the body is not one."""
@@ -106,7 +107,9 @@ class Admitter:
         deadline = loop.time() + self.settings.server.admission_deadline_seconds
         request = review.parse(body)
         self._check_size(request)
-        decision = await self.decide(request.policy_request, deadline)
+        decision = await self.decide(
+            request.policy_request, deadline, explain=endpoint == "validate"
+        )
         if endpoint == "validate":
             answer = review.validate_response(request.uid, decision)
         else:
@@ -126,9 +129,9 @@ class Admitter:
         real Pod has: every image is parsed and decided, so this bounds the work."""
         cap = self.settings.server.max_images_per_object
         for which, obj in (("", request.object), ("old ", request.old_object)):
-            count = podspec.image_count(
-                request.kind, obj or {}, workloads=self.settings.mutate_workloads
-            )
+            if obj is None:
+                continue
+            count = podspec.image_count(request.kind, obj, workloads=self.settings.mutate_workloads)
             if count > cap:
                 raise review.ReviewError(
                     f"the {which}{request.kind} lists {count} images, more than "

@@ -169,8 +169,11 @@ def image_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
         return 0
     if not isinstance(spec, Mapping):
         return 0
-    lists = (spec.get(name) for name in CONTAINER_LISTS)
-    count = sum(len(containers) for containers in lists if isinstance(containers, list))
+    count = 0
+    for name in CONTAINER_LISTS:
+        containers = spec.get(name)
+        if isinstance(containers, list):
+            count += len(containers)
     volumes = spec.get(VOLUMES)
     if isinstance(volumes, list):
         count += sum(1 for volume in volumes if isinstance(child(volume, "image"), Mapping))

@@ -10,6 +10,7 @@ and warn about.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -108,8 +109,9 @@ class Decision(NamedTuple):
 
     ``denials`` refuse the object in both endpoints; ``violations`` are what the
     validating endpoint refuses (denials, plus images that should have been
-    rewritten or cannot be); ``warnings`` go back to the client, short, and
-    ``details`` say the same in full for the log.
+    rewritten or cannot be; empty unless :func:`decide` is asked to explain, as the
+    mutating endpoint never shows them); ``warnings`` go back to the client, short,
+    and ``details`` say the same in full for the log.
     """
 
     template: PodTemplate | None = None
@@ -213,10 +215,13 @@ def _secret_listed(spec: Mapping[str, Any], name: str) -> bool:
 
 
 class _Builder:
-    def __init__(self, settings: Settings, request: Request, template: PodTemplate) -> None:
+    def __init__(
+        self, settings: Settings, request: Request, template: PodTemplate, explain: bool
+    ) -> None:
         self.settings = settings
         self.request = request
         self.template = template
+        self.explain = explain  # collect violations (each is a formatted message)
         self.rewrites: list[Rewrite] = []
         self.denials: list[str] = []
         self.violations: list[str] = []
@@ -226,12 +231,13 @@ class _Builder:
 
     def deny(self, message: str) -> None:
         self.denials.append(message)
-        self.violations.append(message)
+        if self.explain:
+            self.violations.append(message)
 
     def warn(self, short: str, detail: str, *, violation: bool = False) -> None:
         self.warnings.append(short)
         self.details.append(detail)
-        if violation:
+        if violation and self.explain:
             self.violations.append(detail)
 
     def warn_about(
@@ -268,9 +274,10 @@ class _Builder:
             self.needs_secret = True
             new = images.format_image(s.registry_domain, ref.path, ref.suffix)
             self.rewrite(image, ref.original, new)
-            self.violations.append(
-                f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
-            )
+            if self.explain:
+                self.violations.append(
+                    f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
+                )
             return
         if visibility is Visibility.PUBLIC:
             return
@@ -296,15 +303,7 @@ class _Builder:
                 reason = ": registry visibility unknown; left unchanged (onProbeFailure: direct)"
                 self.warn_about(image, ref.original, reason, reason)
                 return
-        new = images.proxied(ref, s.proxy_domain, s.app_slug)
-        problem = ""
-        if ref.has_port:
-            problem = "its registry has a port, which cannot be carried in the proxy path"
-        elif _parse(new) is None:
-            # An IPv6 literal cannot be a path segment; a long name can outgrow the
-            # 255-character limit once the proxy prefix is added. Writing an image
-            # that does not parse would break the pod for sure.
-            problem = "the proxied reference would not be a valid image reference"
+        new, problem = _proxy_target(ref.original, s.proxy_domain, s.app_slug)
         if problem:
             shape = f"{s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>"
             self.warn_about(
@@ -317,10 +316,11 @@ class _Builder:
             return
         self.needs_secret = True
         self.rewrite(image, ref.original, new)
-        self.violations.append(
-            f"{_label(image, ref.original)} is private and must be pulled through the proxy: "
-            f"use {new!r}"
-        )
+        if self.explain:
+            self.violations.append(
+                f"{_label(image, ref.original)} is private and must be pulled through the "
+                f"proxy: use {new!r}"
+            )
 
     def airgap(self, image: ImageField, ref: ImageRef) -> None:
         s = self.settings.airgap
@@ -343,7 +343,8 @@ class _Builder:
             )
             return
         self.rewrite(image, ref.original, new)
-        self.violations.append(f"{label} must come from the local registry: use {new!r}")
+        if self.explain:
+            self.violations.append(f"{label} must come from the local registry: use {new!r}")
 
     def secret(self) -> bool:
         """Whether to add the pull secret; a warning when it is missing and cannot be."""
@@ -352,7 +353,8 @@ class _Builder:
         if not missing:
             return False
         if request.may_add_secret:
-            self.violations.append(f"pod needs imagePullSecret {s.secret_name!r}")
+            if self.explain:
+                self.violations.append(f"pod needs imagePullSecret {s.secret_name!r}")
             return True
         where = request.operation + (f" of {request.subresource}" if request.subresource else "")
 
@@ -394,17 +396,48 @@ def _parse(image: str) -> ImageRef | None:
         return None
 
 
+def _proxy_target(original: str, proxy_domain: str, app_slug: str) -> tuple[str, str]:
+    """The proxied image for a (valid) private image, and why it cannot be used ("" when
+    it can). Cached as parsing is, with the same bound on what is kept: the same images
+    come back on every admission."""
+    if len(original) > images.CACHEABLE_LENGTH:
+        return _find_proxy_target(original, proxy_domain, app_slug)
+    return _cached_proxy_target(original, proxy_domain, app_slug)
+
+
+def _find_proxy_target(original: str, proxy_domain: str, app_slug: str) -> tuple[str, str]:
+    ref = images.parse(original)
+    new = images.proxied(ref, proxy_domain, app_slug)
+    if ref.has_port:
+        return new, "its registry has a port, which cannot be carried in the proxy path"
+    if _parse(new) is None:
+        # An IPv6 literal cannot be a path segment; a long name can outgrow the
+        # 255-character limit once the proxy prefix is added. Writing an image
+        # that does not parse would break the pod for sure.
+        return new, "the proxied reference would not be a valid image reference"
+    return new, ""
+
+
+_cached_proxy_target = lru_cache(maxsize=images.CACHE_SIZE)(_find_proxy_target)
+
+
 def decide(
-    planned: Plan, visibilities: Mapping[Repository, Visibility], settings: Settings
+    planned: Plan,
+    visibilities: Mapping[Repository, Visibility],
+    settings: Settings,
+    *,
+    explain: bool = True,
 ) -> Decision:
     """Decide the rewrites, pull secret, denials and warnings for the planned images.
 
     ``visibilities`` holds the probe results; overrides in the settings come first,
     and a repository found in neither is unknown and follows ``onProbeFailure``.
+    ``explain``: also say what each violation is (the validating endpoint's message;
+    the mutating endpoint skips formatting them).
     """
     if planned.template is None:
         return Decision()
-    builder = _Builder(settings, planned.request, planned.template)
+    builder = _Builder(settings, planned.request, planned.template, explain)
     airgap = settings.mode is Mode.AIRGAP
     for item in planned.images:
         if isinstance(item.ref, InvalidImageError):

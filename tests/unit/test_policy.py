@@ -41,7 +41,9 @@ def mutate(
     endpoint: str = "mutate",
 ) -> dict[str, Any]:
     request = wire.parse(json.dumps(rv))
-    decision = policy.decide(policy.plan(request.policy_request, s), visibilities or {}, s)
+    planned = policy.plan(request.policy_request, s)
+    # as the server decides: violations are formatted for the validating endpoint only
+    decision = policy.decide(planned, visibilities or {}, s, explain=endpoint == "validate")
     if endpoint == "validate":
         return dict(wire.validate_response(request.uid, decision))
     answer: dict[str, Any] = dict(wire.mutate_response(request.uid, decision, s.secret_name))
@@ -278,6 +280,27 @@ AIRGAP_CASES = [
     (f"quay.io/org/api@{D}", None),
     (f"quay.io/org/api:v1@{D}", None),
 ]
+
+
+@pytest.mark.parametrize(
+    ("base", "image"),
+    [(BASE, image) for image, _, _ in ONLINE]
+    + [(AIRGAP, image) for image, _ in AIRGAP_CASES]
+    + [(BASE, "Not An Image"), (BASE, "[::1]:5000/team/app:v1")],
+)
+@pytest.mark.parametrize("on_failure", ["proxy", "direct", "deny"])
+def test_a_decision_without_explaining_differs_only_in_its_violations(
+    base: Mapping[str, Any], image: str, on_failure: str
+) -> None:
+    s = settings(base, visibility={"onProbeFailure": on_failure})
+    planned = plan(s, review(pod(image, "ops/tool:1"), operation="CREATE"))
+    for visibility in Visibility:
+        found = dict.fromkeys(planned.to_probe, visibility)
+        explained = policy.decide(planned, found, s)
+        quiet = policy.decide(planned, found, s, explain=False)
+        assert quiet == explained._replace(violations=())
+        if explained.rewrites or explained.denials:
+            assert explained.violations  # explaining says why
 
 
 @pytest.mark.parametrize(("image", "expected"), AIRGAP_CASES)
