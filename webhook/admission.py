@@ -113,7 +113,13 @@ class Admitter:
         if endpoint == "validate":
             answer = review.validate_response(request.uid, decision)
         else:
-            warning = await self._ensure_secret(request, decision, deadline)
+            # awaited only when needed: most admissions (dry runs, public images, no
+            # pull-secret manager) need no coroutine for it
+            warning = (
+                await self._ensure_secret(request, deadline)
+                if self._ensures_secret(request, decision)
+                else None
+            )
             if warning:
                 decision = decision._replace(
                     warnings=(*decision.warnings, warning),
@@ -138,17 +144,17 @@ class Admitter:
                     f"server.maxImagesPerObject ({cap})"
                 )
 
-    async def _ensure_secret(
-        self, request: review.AdmissionRequest, decision: Decision, deadline: float
-    ) -> str | None:
-        if (
+    def _ensures_secret(self, request: review.AdmissionRequest, decision: Decision) -> bool:
+        return not (
             self.secrets is None
             or not decision.needs_secret
             or decision.denials
             or request.dry_run  # sideEffects: NoneOnDryRun
             or not request.namespace
-        ):
-            return None
+        )
+
+    async def _ensure_secret(self, request: review.AdmissionRequest, deadline: float) -> str | None:
+        assert self.secrets is not None
         remaining = deadline - asyncio.get_running_loop().time()
         return await self.secrets.ensure(request.namespace, max(remaining, 0.0))
 

@@ -141,6 +141,9 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
+_RECORD_KEY = _escape(ORIGINAL_IMAGES_ANNOTATION)  # as a JSON pointer segment
+
+
 def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
     """JSONPatch operations straight from the decision's pointers (no object diff)."""
     template = decision.template
@@ -181,7 +184,7 @@ def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
                 }
             )
         else:
-            path = f"{pointer}/annotations/{_escape(ORIGINAL_IMAGES_ANNOTATION)}"
+            path = f"{pointer}/annotations/{_RECORD_KEY}"
             ops.append({"op": "add", "path": path, "value": record})
     return ops
 

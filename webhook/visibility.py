@@ -171,6 +171,19 @@ class VisibilityResolver:
         A repository not settled by the timeout is UNKNOWN for this call; its
         probe keeps running and fills the cache.
         """
+        # The warm path, every repository known: no second pass, no second mapping.
+        found: dict[Repository, Visibility] = {}
+        hits = 0
+        for key in wanted:
+            known = self._known(*key)
+            if known is None:
+                break
+            found[key] = known.visibility
+            hits += known.cached
+        else:
+            if hits:
+                self._count_hits(hits)
+            return found
         return {key: r.visibility for key, r in (await self.resolve_many(wanted, timeout)).items()}
 
     async def resolve_many(
