@@ -154,15 +154,10 @@ class Admitter:
         request, decision = outcome.request, outcome.decision
         label = outcome.label
         if self.metrics is not None:
-            labels = (
-                endpoint,
-                _label(request.operation, OPERATIONS),
-                _label(request.kind, KINDS),
-                label,
-            )
-            counter = self._counters.get(labels)
+            key = (endpoint, request.operation, request.kind, label)
+            counter = self._counters.get(key)
             if counter is None:
-                counter = self._counters[labels] = self.metrics.admissions.labels(*labels)
+                counter = self._counter(key, self.metrics)
             counter.inc()
             duration = self._durations.get(endpoint)
             if duration is None:
@@ -206,6 +201,16 @@ class Admitter:
             log.name, logging.INFO, *_NO_CALLER, _LINE, args, None, extra={"fields": fields}
         )
         log.handle(record)
+
+    def _counter(self, key: tuple[str, str, str, str], metrics: Metrics) -> Any:
+        """The admission counter's series for these request values, kept by them when
+        they are their own labels (known values: a bounded set of keys)."""
+        endpoint, operation, kind, label = key
+        labels = (endpoint, _label(operation, OPERATIONS), _label(kind, KINDS), label)
+        counter = metrics.admissions.labels(*labels)
+        if labels == key:
+            self._counters[key] = counter
+        return counter
 
 
 def _label(value: str, known: frozenset[str]) -> str:
