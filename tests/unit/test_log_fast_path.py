@@ -7,12 +7,15 @@ lets everything through), with the clocks scripted so both see the same times:
 the bytes must be identical, request fields that need escaping and non-ASCII ones
 included. The fast path only applies where logging would write to that one JSON
 handler: the level set on the logger, the text format, other handlers and filters
-keep logging's own path.
+keep logging's own path. And the formatter still encodes every field as it did
+when it asked orjson for every option at once (non-string keys, datetimes, what
+orjson refuses).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import itertools
 import json
@@ -20,6 +23,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.reviews import ONLINE_CONFIG, StaticResolver, pod, review
@@ -191,3 +195,39 @@ def test_a_failing_stream_is_reported_as_logging_reports_it(
     assert logs.emit_json(ADMISSION_LOGGER, logging.INFO, "a %s", ("b",), {"uid": "u"})
     [record] = reported
     assert record.getMessage() == "a b" and record.fields == {"uid": "u"}  # type: ignore[attr-defined]
+
+
+def reference_encoding(entry: dict[Any, Any]) -> str:
+    """How the JSON formatter encoded a line before: every orjson option at once."""
+    options = (
+        orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+    )
+    try:
+        return orjson.dumps(entry, default=str, option=options).decode()
+    except TypeError:
+        return json.dumps(entry, default=str)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"uid": "u", "n": 1.5, "images": {"a": "b"}},
+        {1: "an int key", None: "a None key", "k": "v"},
+        {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "what": Visibility.PRIVATE},
+        {"big": 2**70},
+        {"lone": "\ud800"},
+    ],
+    ids=["plain", "non-string keys", "datetime and enum", "int over 64 bits", "lone surrogate"],
+)
+def test_formatter_encodes_every_field_as_before(fields: dict[Any, Any]) -> None:
+    record = logging.makeLogRecord({"msg": "m", "fields": fields, "created": 1_700_000_000.5})
+    formatter = logs.JSONFormatter()
+    entry = {
+        "time": formatter.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+        "level": "info",
+        "logger": "root",
+        "message": "m",
+        **fields,
+    }
+    record.levelname, record.name = "INFO", "root"
+    assert formatter.format(record) == reference_encoding(entry)
