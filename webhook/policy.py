@@ -210,7 +210,7 @@ def _label(image: ImageField, shown: str, *, short: bool = False) -> str:
 def _secret_listed(spec: Mapping[str, Any], name: str) -> bool:
     secrets = spec.get("imagePullSecrets")
     return isinstance(secrets, list) and any(
-        isinstance(s, Mapping) and s.get("name") == name for s in secrets
+        podspec.is_mapping(s) and s.get("name") == name for s in secrets
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import orjson
 
+from webhook.podspec import is_mapping
 from webhook.policy import (
     MUTATED_OPERATIONS,
     ORIGINAL_IMAGES_ANNOTATION,
@@ -164,7 +165,7 @@ def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
         metadata = template.metadata
         annotations = metadata.get("annotations") if metadata is not None else None
         record = original_images_annotation(
-            annotations if isinstance(annotations, Mapping) else None, decision.original_images
+            annotations if is_mapping(annotations) else None, decision.original_images
         )
         pointer = template.metadata_pointer
         if metadata is None:
@@ -175,7 +176,7 @@ def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
                     "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: record}},
                 }
             )
-        elif not isinstance(annotations, Mapping):
+        elif not is_mapping(annotations):
             ops.append(
                 {
                     "op": "add",
