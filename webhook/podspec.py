@@ -148,10 +148,13 @@ def _images(spec: Mapping[str, Any], spec_pointer: str) -> tuple[ImageField, ...
 
 
 def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTemplate | None:
-    spec = _resolve(obj, spec_pointer) if spec_pointer else obj
+    """The template at ``pointer`` ("" for the object itself), its spec at ``spec_pointer``
+    ("" when the object is its own spec)."""
+    base = _resolve(obj, pointer) if pointer else obj
+    spec = child(base, "spec") if spec_pointer else obj
     if not is_mapping(spec):
         return None
-    metadata = _resolve(obj, f"{pointer}/metadata")
+    metadata = child(base, "metadata")
     return PodTemplate(
         pointer,
         metadata if is_mapping(metadata) else None,

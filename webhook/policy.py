@@ -33,6 +33,11 @@ MUTATED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # an empty default no one can fill
 
+# Enum members read through their class cost a descriptor call each (Python 3.11), and
+# the decision reads them for every image: bound once here.
+_PUBLIC, _INTERNAL, _UNKNOWN = Visibility.PUBLIC, Visibility.INTERNAL, Visibility.UNKNOWN
+_ONLINE, _AIRGAP = Mode.ONLINE, Mode.AIRGAP
+
 Repository = tuple[str, str]  # (normalised domain, path): the visibility cache key
 
 # Warnings reach the client through the API server, which may truncate one over 256
@@ -166,8 +171,8 @@ def plan(request: Request, settings: Settings, webhook_namespace: str = "") -> P
     if template is None or not template.images:
         return Plan(request, template)
     unchanged = _unchanged(request)
-    online = settings.mode is Mode.ONLINE
-    own_hosts = {settings.proxy_domain, settings.registry_domain, UPSTREAM_REGISTRY_DOMAIN}
+    online = settings.mode is _ONLINE
+    own_hosts = (settings.proxy_domain, settings.registry_domain, UPSTREAM_REGISTRY_DOMAIN)
     overrides = settings.visibility.overrides
     planned: list[PlannedImage] = []
     to_probe: dict[Repository, ImageRef] = {}
@@ -184,7 +189,7 @@ def plan(request: Request, settings: Settings, webhook_namespace: str = "") -> P
             override = settings.visibility.override_for(ref.repository) if overrides else None
             if override is None:
                 to_probe.setdefault((ref.domain, ref.path), ref)
-        planned.append(PlannedImage(image, ref, override=override))
+        planned.append(PlannedImage(image, ref, override))
     return Plan(request, template, tuple(planned), to_probe)
 
 
@@ -268,7 +273,7 @@ class _Builder:
         if ref.domain in (s.proxy_domain, s.registry_domain):  # already proxied, or the vendor's
             self.needs_secret = True
             return
-        if visibility is Visibility.PUBLIC and ref.domain != UPSTREAM_REGISTRY_DOMAIN:
+        if visibility is _PUBLIC and ref.domain != UPSTREAM_REGISTRY_DOMAIN:
             return  # the common case: nothing to say, so no message is formatted
         if ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
             self.needs_secret = True
@@ -279,9 +284,9 @@ class _Builder:
                     f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
                 )
             return
-        if visibility is Visibility.PUBLIC:
+        if visibility is _PUBLIC:
             return
-        if visibility is Visibility.INTERNAL:
+        if visibility is _INTERNAL:
             self.warn_about(
                 image,
                 ref.original,
@@ -291,7 +296,7 @@ class _Builder:
                 "the proxy cannot reach; left unchanged (add a visibility override to route it)",
             )
             return
-        if visibility is Visibility.UNKNOWN:
+        if visibility is _UNKNOWN:
             failure = s.visibility.on_probe_failure
             if failure is OnProbeFailure.DENY:
                 self.deny(
@@ -438,7 +443,7 @@ def decide(
     if planned.template is None:
         return Decision()
     builder = _Builder(settings, planned.request, planned.template, explain)
-    airgap = settings.mode is Mode.AIRGAP
+    airgap = settings.mode is _AIRGAP
     for item in planned.images:
         if isinstance(item.ref, InvalidImageError):
             builder.invalid(item.field, item.ref)
@@ -446,7 +451,7 @@ def decide(
             builder.airgap(item.field, item.ref)
         else:
             visibility = item.override or visibilities.get(
-                (item.ref.domain, item.ref.path), Visibility.UNKNOWN
+                (item.ref.domain, item.ref.path), _UNKNOWN
             )
             builder.online(item.field, item.ref, visibility)
     return builder.decision()
