@@ -142,7 +142,7 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-_RECORD_KEY = _escape(ORIGINAL_IMAGES_ANNOTATION)  # as a JSON pointer segment
+_RECORD_PATH = "/annotations/" + _escape(ORIGINAL_IMAGES_ANNOTATION)  # under the metadata
 
 
 def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
@@ -156,16 +156,14 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
     template = decision.template
     if template is None:
         return [], None
-    ops: list[PatchOp] = [
-        {"op": "replace", "path": r.pointer, "value": r.image} for r in decision.rewrites
-    ]
+    ops: list[PatchOp] = []
+    for r in decision.rewrites:  # a loop: no comprehension frame (3.11)
+        ops.append({"op": "replace", "path": r.pointer, "value": r.image})
     if decision.add_secret:
-        secrets = template.spec.get("imagePullSecrets")
-        if isinstance(secrets, list):
-            path = f"{template.spec_pointer}/imagePullSecrets/-"
-            ops.append({"op": "add", "path": path, "value": {"name": secret_name}})
+        path = template.spec_pointer + "/imagePullSecrets"
+        if isinstance(template.spec.get("imagePullSecrets"), list):
+            ops.append({"op": "add", "path": path + "/-", "value": {"name": secret_name}})
         else:
-            path = f"{template.spec_pointer}/imagePullSecrets"
             ops.append({"op": "add", "path": path, "value": [{"name": secret_name}]})
     if not decision.annotate:
         return ops, None
@@ -174,7 +172,7 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
     if not is_mapping(annotations):
         annotations = None
     record = original_images_annotation(annotations, decision.original_images)
-    pointer = template.metadata_pointer
+    pointer = template.pointer + "/metadata"  # template.metadata_pointer, without the call
     if metadata is None:
         ops.append(
             {
@@ -192,8 +190,7 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
             }
         )
     else:
-        path = f"{pointer}/annotations/{_RECORD_KEY}"
-        ops.append({"op": "add", "path": path, "value": record})
+        ops.append({"op": "add", "path": pointer + _RECORD_PATH, "value": record})
         if annotations.get(ORIGINAL_IMAGES_ANNOTATION):
             return ops, None  # earlier originals merged in: not this request's alone
     return ops, record
