@@ -59,8 +59,9 @@ class JSONFormatter(logging.Formatter):
     ) -> str:
         """The line for a record with these attributes (``level``: its level name);
         emit_json() writes it without building the record."""
+        second, stamp = self._stamp  # _time's check, without its call: the same second
         entry: dict[str, Any] = {
-            "time": self._time(created),
+            "time": stamp if int(created) == second else self._time(created),
             "level": level.lower(),
             "logger": logger,
             "message": message,

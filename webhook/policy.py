@@ -461,13 +461,16 @@ def original_images_annotation(
     existing: Mapping[str, Any] | None, originals: Mapping[str, str]
 ) -> str:
     """The annotation value: earlier records kept, this request's originals added."""
+    if not existing or not existing.get(ORIGINAL_IMAGES_ANNOTATION):
+        # No earlier record (the usual CREATE): this request's originals alone.
+        fresh = originals if type(originals) is dict else dict(originals)
+        return orjson.dumps(fresh, option=orjson.OPT_SORT_KEYS).decode()
     merged: dict[str, str] = {}
-    if existing:
-        try:
-            previous = orjson.loads(existing.get(ORIGINAL_IMAGES_ANNOTATION) or "{}")
-        except (TypeError, ValueError):
-            previous = {}
-        if isinstance(previous, dict):
-            merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
+    try:
+        previous = orjson.loads(existing[ORIGINAL_IMAGES_ANNOTATION])
+    except (TypeError, ValueError):
+        previous = {}
+    if isinstance(previous, dict):
+        merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
     merged.update(originals)
     return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()

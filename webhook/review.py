@@ -7,7 +7,7 @@ outcome, a refusal included, is an AdmissionResponse.
 
 from __future__ import annotations
 
-import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
@@ -142,56 +142,58 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-_RECORD_KEY = _escape(ORIGINAL_IMAGES_ANNOTATION)  # as a JSON pointer segment
+_RECORD_PATH = "/annotations/" + _escape(ORIGINAL_IMAGES_ANNOTATION)  # under the metadata
 
 
 def patch_ops(decision: Decision, secret_name: str) -> list[PatchOp]:
     """JSONPatch operations straight from the decision's pointers (no object diff)."""
+    return _patch(decision, secret_name)[0]
+
+
+def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | None]:
+    """The patch operations, and the audit record when it is the annotation's value
+    (the object held no earlier record, the usual CREATE): encoded once for both."""
     template = decision.template
     if template is None:
-        return []
-    ops: list[PatchOp] = [
-        {"op": "replace", "path": r.pointer, "value": r.image} for r in decision.rewrites
-    ]
+        return [], None
+    ops: list[PatchOp] = []
+    for r in decision.rewrites:  # a loop: no comprehension frame (3.11)
+        ops.append({"op": "replace", "path": r.pointer, "value": r.image})
     if decision.add_secret:
-        secrets = template.spec.get("imagePullSecrets")
-        if isinstance(secrets, list):
-            path = f"{template.spec_pointer}/imagePullSecrets/-"
-            ops.append({"op": "add", "path": path, "value": {"name": secret_name}})
+        path = template.spec_pointer + "/imagePullSecrets"
+        if isinstance(template.spec.get("imagePullSecrets"), list):
+            ops.append({"op": "add", "path": path + "/-", "value": {"name": secret_name}})
         else:
-            path = f"{template.spec_pointer}/imagePullSecrets"
             ops.append({"op": "add", "path": path, "value": [{"name": secret_name}]})
-    if decision.annotate:
-        metadata = template.metadata
-        annotations = metadata.get("annotations") if metadata is not None else None
-        record = original_images_annotation(
-            annotations if is_mapping(annotations) else None, decision.original_images
+    if not decision.annotate:
+        return ops, None
+    metadata = template.metadata
+    annotations = metadata.get("annotations") if metadata is not None else None
+    if not is_mapping(annotations):
+        annotations = None
+    record = original_images_annotation(annotations, decision.original_images)
+    pointer = template.pointer + "/metadata"  # template.metadata_pointer, without the call
+    if metadata is None:
+        ops.append(
+            {
+                "op": "add",
+                "path": pointer,
+                "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: record}},
+            }
         )
-        pointer = template.metadata_pointer
-        if metadata is None:
-            ops.append(
-                {
-                    "op": "add",
-                    "path": pointer,
-                    "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: record}},
-                }
-            )
-        elif not is_mapping(annotations):
-            ops.append(
-                {
-                    "op": "add",
-                    "path": f"{pointer}/annotations",
-                    "value": {ORIGINAL_IMAGES_ANNOTATION: record},
-                }
-            )
-        else:
-            path = f"{pointer}/annotations/{_RECORD_KEY}"
-            ops.append({"op": "add", "path": path, "value": record})
-    return ops
-
-
-def _review(response: AdmissionResponse) -> AdmissionReview:
-    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+    elif annotations is None:
+        ops.append(
+            {
+                "op": "add",
+                "path": f"{pointer}/annotations",
+                "value": {ORIGINAL_IMAGES_ANNOTATION: record},
+            }
+        )
+    else:
+        ops.append({"op": "add", "path": pointer + _RECORD_PATH, "value": record})
+        if annotations.get(ORIGINAL_IMAGES_ANNOTATION):
+            return ops, None  # earlier originals merged in: not this request's alone
+    return ops, record
 
 
 def allow(uid: str, warnings: Sequence[str] = ()) -> AdmissionReview:
@@ -200,7 +202,7 @@ def allow(uid: str, warnings: Sequence[str] = ()) -> AdmissionReview:
         # The API server may truncate a longer warning: the core writes short ones,
         # this bounds any other (docs/design.md §1).
         response["warnings"] = [shorten(w, WARNING_MAX) for w in warnings]
-    return _review(response)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
 def deny(uid: str, messages: Sequence[str], warnings: Sequence[str] = ()) -> AdmissionReview:
@@ -215,20 +217,20 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
     if decision.denials:
         return deny(uid, decision.denials, decision.warnings)
     review = allow(uid, decision.warnings)
-    ops = patch_ops(decision, secret_name)
+    ops, record = _patch(decision, secret_name)
     if ops:
         response = review["response"]
         response["patchType"] = "JSONPatch"
         # The operations are written straight from the decision's pointers
         # (docs/design.md §5) and encoded as they are: no patch object, no diff.
-        response["patch"] = base64.b64encode(orjson.dumps(ops)).decode("ascii")
+        response["patch"] = binascii.b2a_base64(orjson.dumps(ops), newline=False).decode()
         if decision.original_images:
             # The same originals as the pod annotation, for the audit log.
-            response["auditAnnotations"] = {
-                AUDIT_ANNOTATION: orjson.dumps(
+            if record is None:
+                record = orjson.dumps(
                     dict(decision.original_images), option=orjson.OPT_SORT_KEYS
                 ).decode()
-            }
+            response["auditAnnotations"] = {AUDIT_ANNOTATION: record}
     return review
 
 

@@ -572,3 +572,38 @@ def test_patch_operations_are_well_formed_and_apply(
 )
 def test_malformed_operations_are_caught(op: object) -> None:
     assert operation_problem(op) is not None
+
+
+# metadata.annotations as the object holds it; the record's earlier originals kept
+EARLIER = {"c9": "acme/old:1"}
+ANNOTATION_STATES = [
+    ("no metadata", None, {}),
+    ("no annotations", {}, {}),
+    ("annotations not a mapping", {"annotations": ["x"]}, {}),
+    ("other annotations", {"annotations": {"team": "a"}}, {}),
+    ("empty record", {"annotations": {ANNOTATION: ""}}, {}),
+    ("record not JSON", {"annotations": {ANNOTATION: "{oops"}}, {}),
+    ("record not an object", {"annotations": {ANNOTATION: "[1]"}}, {}),
+    ("earlier record", {"annotations": {ANNOTATION: json.dumps(EARLIER)}}, EARLIER),
+]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "earlier"),
+    [state[1:] for state in ANNOTATION_STATES],
+    ids=[state[0] for state in ANNOTATION_STATES],
+)
+def test_audit_record_is_this_requests_originals_and_the_annotation_keeps_earlier_ones(
+    metadata: dict[str, Any] | None, earlier: dict[str, str]
+) -> None:
+    obj = pod("acme/app:1")
+    if metadata is None:
+        del obj["metadata"]
+    else:
+        obj["metadata"].update(metadata)
+    answer = mutate(settings(), review(obj, namespace="my-app"))
+    record = apply(answer, obj)["metadata"]["annotations"][ANNOTATION]
+    assert record == json.dumps(
+        {**earlier, "c0": "acme/app:1"}, sort_keys=True, separators=(",", ":")
+    )
+    assert answer["response"]["auditAnnotations"] == {"original-images": '{"c0":"acme/app:1"}'}
