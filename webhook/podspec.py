@@ -78,10 +78,6 @@ class PodTemplate(NamedTuple):
     # so whether the pod lists the pull secret cannot be told from the request.
     shows_pull_secrets: bool = True
 
-    @property
-    def metadata_pointer(self) -> str:
-        return f"{self.pointer}/metadata"
-
 
 def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     """isinstance(value, Mapping), answered first for the dict a parsed body holds: the

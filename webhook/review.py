@@ -172,7 +172,7 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
     if not is_mapping(annotations):
         annotations = None
     record = original_images_annotation(annotations, decision.original_images)
-    pointer = template.pointer + "/metadata"  # template.metadata_pointer, without the call
+    pointer = template.pointer + "/metadata"
     if metadata is None:
         ops.append(
             {
