@@ -85,8 +85,9 @@ class Admitter:
         self.secrets = secrets
         self.metrics = metrics
         self.webhook_namespace = webhook_namespace
-        # metric children by label values (a bounded set): labels() on every request
-        # costs more than the increment
+        # metric series by the request's own values when those are their labels (known
+        # values: a bounded set), and the duration series by endpoint: labels() on
+        # every request costs more than the increment
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
 

@@ -126,10 +126,8 @@ class PlainCounter(_PlainFamily[CounterSeries]):
         return CounterSeries()
 
     def inc(self, amount: float = 1) -> None:
-        """The unlabelled counter's increment (CounterSeries.inc, one call fewer)."""
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._series[()].value += amount
+        """The unlabelled counter's increment."""
+        self._series[()].inc(amount)
 
     def _add_samples(
         self, metric: Metric, labels: list[tuple[str, str]], series: CounterSeries, created: bool
