@@ -457,14 +457,19 @@ def decide(
     return builder.decision()
 
 
+def originals_record(originals: Mapping[str, str]) -> str:
+    """This request's originals as the record encodes them (keys sorted)."""
+    fresh = originals if type(originals) is dict else dict(originals)
+    return orjson.dumps(fresh, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def original_images_annotation(
     existing: Mapping[str, Any] | None, originals: Mapping[str, str]
-) -> str:
-    """The annotation value: earlier records kept, this request's originals added."""
+) -> tuple[str, bool]:
+    """The annotation value, earlier records kept and this request's originals added;
+    and whether an earlier record was there (else the value is originals_record())."""
     if not existing or not existing.get(ORIGINAL_IMAGES_ANNOTATION):
-        # No earlier record (the usual CREATE): this request's originals alone.
-        fresh = originals if type(originals) is dict else dict(originals)
-        return orjson.dumps(fresh, option=orjson.OPT_SORT_KEYS).decode()
+        return originals_record(originals), False  # the usual CREATE
     merged: dict[str, str] = {}
     try:
         previous = orjson.loads(existing[ORIGINAL_IMAGES_ANNOTATION])
@@ -473,4 +478,4 @@ def original_images_annotation(
     if isinstance(previous, dict):
         merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
     merged.update(originals)
-    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode(), True

@@ -21,6 +21,7 @@ from webhook.policy import (
     Decision,
     Request,
     original_images_annotation,
+    originals_record,
     shorten,
 )
 
@@ -171,7 +172,7 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
     annotations = metadata.get("annotations") if metadata is not None else None
     if not is_mapping(annotations):
         annotations = None
-    record = original_images_annotation(annotations, decision.original_images)
+    record, earlier = original_images_annotation(annotations, decision.original_images)
     pointer = template.pointer + "/metadata"
     if metadata is None:
         ops.append(
@@ -191,9 +192,8 @@ def _patch(decision: Decision, secret_name: str) -> tuple[list[PatchOp], str | N
         )
     else:
         ops.append({"op": "add", "path": pointer + _RECORD_PATH, "value": record})
-        if annotations.get(ORIGINAL_IMAGES_ANNOTATION):
-            return ops, None  # earlier originals merged in: not this request's alone
-    return ops, record
+    # with earlier originals merged in, the record is not this request's alone
+    return ops, None if earlier else record
 
 
 def allow(uid: str, warnings: Sequence[str] = ()) -> AdmissionReview:
@@ -227,9 +227,7 @@ def mutate_response(uid: str, decision: Decision, secret_name: str) -> Admission
         if decision.original_images:
             # The same originals as the pod annotation, for the audit log.
             if record is None:
-                record = orjson.dumps(
-                    dict(decision.original_images), option=orjson.OPT_SORT_KEYS
-                ).decode()
+                record = originals_record(decision.original_images)
             response["auditAnnotations"] = {AUDIT_ANNOTATION: record}
     return review
 
