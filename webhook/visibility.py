@@ -207,7 +207,7 @@ class VisibilityResolver:
             else:
                 waiting[task] = key
         if hits:
-            self._count_hits(hits)  # one locked increment per admission, not per repository
+            self._count_hits(hits)  # one increment per admission, not per repository
         if waiting:
             # asyncio.wait neither raises on timeout nor cancels what is still
             # running: the probe tasks live on and fill the cache.
