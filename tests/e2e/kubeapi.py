@@ -1,6 +1,6 @@
 """Run a real kube-apiserver (v1.20.2) and etcd on loopback for end-to-end tests.
 
-The API server binary is built by ``.ci/build-kube-apiserver`` and cached outside
+The API server binary is built by ``.ci/build-kubernetes`` and cached outside
 the repository; etcd comes from Debian's ``etcd-server``. There is no
 controller-manager, scheduler or kubelet: objects are stored and admission
 webhooks are called, but no Pod ever runs, and each namespace's ``default``
@@ -58,7 +58,7 @@ class KubeAPIServerError(RuntimeError):
 
 
 def default_binary_path() -> Path:
-    """Where ``.ci/build-kube-apiserver`` leaves the binary (``$KUBE_APISERVER`` wins)."""
+    """Where ``.ci/build-kubernetes`` leaves the binary (``$KUBE_APISERVER`` wins)."""
     explicit = os.environ.get("KUBE_APISERVER")
     if explicit:
         return Path(explicit)
@@ -72,7 +72,7 @@ def find_binaries() -> tuple[Path, Path] | str:
     if not (apiserver.is_file() and os.access(apiserver, os.X_OK)):
         return (
             f"kube-apiserver binary not found at {apiserver} "
-            "(build it with .ci/build-kube-apiserver or set KUBE_APISERVER)"
+            "(build it with .ci/build-kubernetes or set KUBE_APISERVER)"
         )
     etcd = shutil.which(os.environ.get("ETCD", "etcd"))
     if etcd is None:
