@@ -39,7 +39,7 @@ from bench.measure import Pair, Target, alternate, metric, scrape
 from bench.scenarios import HOST, Profile
 from tests.e2e import admission_harness as admission
 from tests.e2e import kubeapi
-from webhook import tls
+from webhook import pki
 
 CONNECTIONS = (16, 1)
 ECHO_NAMESPACE = "bench-echo"
@@ -134,7 +134,7 @@ def run_e2e(
     namespace: str,
     review_body: bytes,
     answer: Mapping[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     work: Path,
     profile: Profile,
     *,

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from webhook import tls
+from webhook import pki, tls
 from webhook.server import MAX_BODY_BYTES
 
 ALLOW = json.dumps(
@@ -74,7 +74,7 @@ def echo_app(responses: dict[str, bytes]) -> web.Application:
     return application
 
 
-async def serve(host: str, port: int, paths: tls.CertPaths, application: web.Application) -> None:
+async def serve(host: str, port: int, paths: pki.CertPaths, application: web.Application) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--echo", action="store_true", help="echo each review's uid")
     args = parser.parse_args(argv)
-    paths = tls.CertPaths(Path(args.cert), Path(args.key))
+    paths = pki.CertPaths(Path(args.cert), Path(args.key))
     responses = load_responses(args.responses)
     application = echo_app(responses) if args.echo else app(responses)
     if args.loop == "uvloop":

@@ -83,7 +83,7 @@ class Run:
 
 
 def run(options: Run) -> dict[str, Any]:
-    from webhook import tls
+    from webhook import pki
 
     profile = options.profile
     work = options.workdir
@@ -109,7 +109,7 @@ def run(options: Run) -> dict[str, Any]:
         wanted = images_of(scenarios, regs)
         populate(regs.public, wanted[regs.public.domain])
         populate(regs.private, wanted[regs.private.domain])
-        certs = tls.generate(work / "tls", tls.DEV_NAMES)
+        certs = pki.generate(work / "tls", pki.DEV_NAMES)
         port, health = free_port(HOST), free_port(HOST)
         config_path = write_config(work, regs, port, health, certs)
         results["config"] = json.loads(config_path.read_text())

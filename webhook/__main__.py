@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import jsonpatch
 import yaml
 
-from webhook import logs, policy, review, tls
+from webhook import logs, pki, policy, review
 from webhook.admission import Admitter
 from webhook.config import ConfigError, Settings, load
 from webhook.images import InvalidImageError, parse
@@ -201,7 +201,7 @@ def main(
     logs.setup(args.log_format, args.log_level)
     try:
         if args.command == "certs":
-            paths = tls.generate(Path(args.out), tuple(args.dns), days=args.days)
+            paths = pki.generate(Path(args.out), tuple(args.dns), days=args.days)
             print(f"wrote {paths.ca_file}, {paths.cert_file}, {paths.key_file}", file=out)
             return EXIT_OK
         settings = load(args.config)

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook import pullsecrets, tls
+from webhook import pki, pullsecrets
 from webhook.config import SelfManagedTLSSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,12 @@ def _renew_at(cert: x509.Certificate, validity_days: float) -> datetime.datetime
 
 def _usable_ca(
     material: Material | None, settings: SelfManagedTLSSettings, now: datetime.datetime
-) -> tls.CertificateAuthority | None:
+) -> pki.CertificateAuthority | None:
     if material is None:
         return None
     try:
         first = x509.load_pem_x509_certificates(material.ca_bundle)[0]
-        ca = tls.CertificateAuthority(
+        ca = pki.CertificateAuthority(
             days=settings.cert_validity_days,
             pem=(first.public_bytes(serialization.Encoding.PEM), material.ca_key),
         )
@@ -114,7 +114,7 @@ def _usable_ca(
 
 def _usable_cert(
     material: Material,
-    ca: tls.CertificateAuthority,
+    ca: pki.CertificateAuthority,
     settings: SelfManagedTLSSettings,
     now: datetime.datetime,
 ) -> bool:
@@ -147,7 +147,7 @@ def plan(
     ca = _usable_ca(material, settings, now)
     bundle = material.ca_bundle if material is not None and ca is not None else b""
     if ca is None:
-        ca = tls.CertificateAuthority(CA_NAME, settings.ca_validity_days)
+        ca = pki.CertificateAuthority(CA_NAME, settings.ca_validity_days)
         bundle = ca.pem + _still_valid(material.ca_bundle if material else b"", now)
         log.info("generated a new CA for the webhook (valid until %s)", _until(ca.certificate))
     elif material is not None and _usable_cert(material, ca, settings, now):
@@ -199,7 +199,7 @@ class SelfManagedTLS:
         api: client.ApiClient,
         settings: SelfManagedTLSSettings,
         namespace: str,
-        paths: tls.CertPaths,
+        paths: pki.CertPaths,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -347,8 +347,8 @@ class SelfManagedTLS:
         for path in (self.paths.cert_file, self.paths.key_file):
             path.parent.mkdir(parents=True, exist_ok=True)
         # Key first: the reloader refuses a certificate without its key, never the reverse.
-        tls.write_file(self.paths.key_file, material.key, private=True)
-        tls.write_file(self.paths.cert_file, material.cert)
+        pki.write_file(self.paths.key_file, material.key, private=True)
+        pki.write_file(self.paths.cert_file, material.cert)
         return True
 
     # -- lifecycle --
@@ -421,7 +421,7 @@ async def start(settings: Settings, namespace: str) -> SelfManagedTLS | None:
     api = await pullsecrets.api_client()
     if api is None:
         raise SelfManagedTLSError("selfManagedTLS: no Kubernetes API configured")
-    paths = tls.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
+    paths = pki.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
     manager = SelfManagedTLS(api, settings.self_managed_tls, namespace, paths)
     try:
         await manager.start()

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from webhook import pullsecrets, selfcerts, tls
+from webhook import pki, pullsecrets, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.config import WEBHOOK_NAMESPACE_ENV, ServerSettings, Settings
 from webhook.connections import Listener
@@ -40,11 +40,12 @@ class StartupError(Exception):
     """The service cannot start (a port in use, say); the message says why."""
 
 
-def certificate(settings: Settings) -> tls.CertPaths:
+def certificate(settings: Settings, stack: contextlib.AsyncExitStack) -> pki.CertPaths:
+    """The configured pair, or a development one held until ``stack`` closes."""
     server = settings.server
     if server.cert_file:
-        return tls.CertPaths(Path(server.cert_file), Path(server.key_file))
-    paths = tls.self_signed()
+        return pki.CertPaths(Path(server.cert_file), Path(server.key_file))
+    paths = stack.enter_context(pki.DevelopmentCertificate()).paths
     log.warning(
         "no server.certFile configured: serving a self-signed development certificate "
         "for localhost; its CA is %s (curl --cacert %s https://localhost:%d/...)",
@@ -158,7 +159,7 @@ async def running(
         self_managed = await selfcerts.start(settings, webhook_namespace)
         if self_managed is not None:
             stack.push_async_callback(self_managed.close)
-        paths = certificate(settings)
+        paths = certificate(settings, stack)
         context = tls.server_context(paths)
         reloader = tls.CertificateReloader(context, paths, reload_interval)
         health.checks["certificate"] = lambda: reloader.healthy

@@ -46,7 +46,7 @@ from tests.integration.registries import Registry, free_port, require_registry_b
 from tests.integration.test_probe_faults import HangingRegistry
 from tests.reliability.harness import FakeThread, ServerProcess, write_config
 from tests.reviews import pod, review
-from webhook import tls
+from webhook import pki
 
 pytestmark = pytest.mark.chart
 
@@ -198,10 +198,10 @@ class Webhook:
             time.sleep(0.1)
 
 
-def certificate(directory: Path, days: int) -> tls.CertPaths:
-    ca = tls.CertificateAuthority()
-    cert, key = ca.issue(tls.DEV_NAMES, days=days)
-    paths = tls.CertPaths(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
+def certificate(directory: Path, days: int) -> pki.CertPaths:
+    ca = pki.CertificateAuthority()
+    cert, key = ca.issue(pki.DEV_NAMES, days=days)
+    paths = pki.CertPaths(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
     paths.cert_file.write_bytes(cert)
     paths.key_file.write_bytes(key)
     assert paths.ca_file is not None
@@ -229,7 +229,7 @@ def kubeconfig(path: Path, server: str) -> Path:
 def webhook_process(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
-    def start(certs: tls.CertPaths, env: dict[str, str] | None = None, **config: Any) -> Webhook:
+    def start(certs: pki.CertPaths, env: dict[str, str] | None = None, **config: Any) -> Webhook:
         path = tmp_path / "config.yaml"
         write_config(path, certs, **config)
         process = ServerProcess(path, tmp_path / "webhook.log", env=env)

@@ -2,7 +2,7 @@
 
 - :func:`webhook_settings`: Settings from a camelCase dict, the same parser as the config file.
 - :class:`RunningWebhook` / :func:`run_webhook`: ``service.running`` over TLS on a free
-  port of 127.0.0.1, with a certificate from ``webhook.tls.generate``.
+  port of 127.0.0.1, with a certificate from ``webhook.pki.generate``.
 - :func:`mutating_webhook`: a MutatingWebhookConfiguration pointing at a URL with a
   caBundle, limited to namespaces carrying one test's label, deleted afterwards.
 - :func:`call`: one API request through kubernetes-asyncio returning the JSON body,
@@ -34,7 +34,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.e2e.kubeapi import KubeAPIServer, free_port
-from webhook import config, service, tls
+from webhook import config, pki, service
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.policy import ORIGINAL_IMAGES_ANNOTATION
 
@@ -74,8 +74,8 @@ class RunningWebhook:
         return base64.b64encode(self.ca_file.read_bytes()).decode()
 
 
-def certificates(directory: Path) -> tls.CertPaths:
-    paths = tls.generate(directory, ("127.0.0.1", "localhost"))
+def certificates(directory: Path) -> pki.CertPaths:
+    paths = pki.generate(directory, ("127.0.0.1", "localhost"))
     assert paths.ca_file is not None
     return paths
 
@@ -83,7 +83,7 @@ def certificates(directory: Path) -> tls.CertPaths:
 @contextlib.asynccontextmanager
 async def run_webhook(
     settings_overrides: Mapping[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     *,
     secrets: Callable[[config.Settings], SecretEnsurer] | None = None,
 ) -> AsyncIterator[RunningWebhook]:

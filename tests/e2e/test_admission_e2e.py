@@ -57,7 +57,7 @@ from tests.integration.registries import (
     free_loopback_address,
     require_registry_binary,
 )
-from webhook import pullsecrets, tls
+from webhook import pki, pullsecrets
 from webhook.config import Settings
 from webhook.images import parse as parse_image
 
@@ -112,7 +112,7 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tls.CertPaths:
+def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
     return certificates(tmp_path_factory.mktemp("webhook-tls"))
 
 
@@ -186,7 +186,7 @@ async def test_online_pods_stored_with_exact_images_secrets_and_annotation(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -299,7 +299,7 @@ async def test_server_side_dry_run_mutates_but_creates_no_secret(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -333,7 +333,7 @@ async def test_update_of_a_pod_image_is_rewritten_without_adding_the_secret(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -391,7 +391,7 @@ async def test_ephemeral_container_through_the_subresource_is_rewritten(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -453,7 +453,7 @@ async def test_namespace_outside_namespaces_is_left_untouched(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -555,7 +555,7 @@ async def test_the_secret_the_webhook_writes_pulls_from_a_license_checking_proxy
     api: k8s.ApiClient,
     registries: dict[str, Any],
     license_registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -620,7 +620,7 @@ async def test_airgap_rewrites_to_the_local_registry_and_refuses_digests(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
     tmp_path: Path,
@@ -693,7 +693,7 @@ async def test_airgap_rewrites_to_the_local_registry_and_refuses_digests(
 async def test_airgap_without_registry_credentials_adds_no_pull_secret(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -723,7 +723,7 @@ async def test_stale_pull_secret_is_replaced_before_the_pod_is_admitted(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
     stale: str,
@@ -775,7 +775,7 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     tag: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -919,7 +919,7 @@ async def test_failure_policy_when_the_webhook_is_down(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
     policy: str,
@@ -972,7 +972,7 @@ async def test_pod_admitted_with_a_warning_when_the_api_server_fails_the_secret(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
     registries: dict[str, Any],
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     tag: str,
     fault: str,
 ) -> None:
@@ -1154,7 +1154,7 @@ async def put_image(api: k8s.ApiClient, namespace: str, name: str, image: str) -
 async def test_metadata_updates_of_existing_pods_pass_while_their_registry_cannot_be_probed(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:
@@ -1209,7 +1209,7 @@ async def test_metadata_updates_of_existing_pods_pass_while_their_registry_canno
 async def test_metadata_updates_of_an_existing_digest_pinned_pod_pass_in_air_gap(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
     admin_secrets: Any,
     tag: str,
 ) -> None:

@@ -52,7 +52,7 @@ from tests.e2e.chart_release import (
     service_account_token,
 )
 from tests.e2e.kubeapi import KubeAPIServer, free_port
-from webhook import config, service, tls
+from webhook import config, pki, service
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.asyncio(loop_scope="module")]
@@ -81,7 +81,7 @@ class Installed:
     admin: k8s.ApiClient
 
 
-def tls_secret(name: str, certs: tls.CertPaths) -> dict[str, Any]:
+def tls_secret(name: str, certs: pki.CertPaths) -> dict[str, Any]:
     assert certs.ca_file is not None
 
     def b64(path: Path) -> str:
@@ -129,7 +129,7 @@ async def installed(
     other = await namespace(kube, f"chart-other-{tag}")
 
     work = tmp_path_factory.mktemp("chart-install")
-    certs = tls.generate(work / "certs", ("127.0.0.1", "localhost"))
+    certs = pki.generate(work / "certs", ("127.0.0.1", "localhost"))
     assert certs.ca_file is not None
     ca_pem = certs.ca_file.read_bytes()
     port, health_port = free_port(), free_port()

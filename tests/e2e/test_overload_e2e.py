@@ -33,7 +33,7 @@ from tests.e2e.admission_harness import (
     wait_until_mutating,
 )
 from tests.e2e.kubeapi import KubeAPIServer
-from webhook import tls
+from webhook import pki
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ async def test_a_refusal_for_overload_is_retried_by_the_api_server(
     tag = uuid.uuid4().hex[:8]
     app = f"app-{tag}"
     await namespaces(kube_apiserver, tag, app)
-    certs: tls.CertPaths = certificates(tmp_path / "tls")
+    certs: pki.CertPaths = certificates(tmp_path / "tls")
     settings = {
         "mode": "airgap",
         "namespaces": [app],

@@ -53,7 +53,7 @@ from tests.e2e.chart_release import (
     token_client,
 )
 from tests.e2e.kubeapi import KubeAPIServer, require_binaries
-from webhook import config, pullsecrets, selfcerts, tls
+from webhook import config, pki, pullsecrets, selfcerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.asyncio(loop_scope="module")]
 
@@ -217,7 +217,7 @@ async def self_managed_certificates(
     update of the Secret)."""
     tls_settings = settings.self_managed_tls
     assert tls_settings is not None
-    paths = tls.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
+    paths = pki.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
     certs = selfcerts.SelfManagedTLS(api, tls_settings, namespace, paths)
     await certs.sync()
     certs.settings = dataclasses.replace(

@@ -61,7 +61,7 @@ from tests.e2e.chart_release import (
     service_account_token,
 )
 from tests.e2e.kubeapi import KUBE_VERSION, KubeAPIServer, free_port
-from webhook import config, selfcerts, tls
+from webhook import config, pki, selfcerts
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.asyncio(loop_scope="module")]
@@ -553,7 +553,7 @@ async def test_replicas_racing_on_the_create_agree(
                 state.admin,
                 settings,
                 state.system,
-                tls.CertPaths(tmp_path / f"r{i}" / "tls.crt", tmp_path / f"r{i}" / "tls.key"),
+                pki.CertPaths(tmp_path / f"r{i}" / "tls.crt", tmp_path / f"r{i}" / "tls.key"),
                 barrier=barrier,
             )
             for i in range(3)

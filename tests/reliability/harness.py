@@ -39,7 +39,7 @@ from aiohttp import web
 
 from tests.integration.registries import can_bind_low_ports, free_loopback_address, free_port
 from tests.integration.test_probe_faults import FakeRegistry, RawRegistry
-from webhook import tls
+from webhook import pki
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -222,11 +222,11 @@ def loopback_host(port: int = 80) -> str:
 # --- config and certificates ---------------------------------------------------------------
 
 
-def certificates(directory: Path) -> tls.CertPaths:
-    return tls.generate(directory, tls.DEV_NAMES)
+def certificates(directory: Path) -> pki.CertPaths:
+    return pki.generate(directory, pki.DEV_NAMES)
 
 
-def config_data(certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
+def config_data(certs: pki.CertPaths, **overrides: Any) -> dict[str, Any]:
     """Config for a webhook on free loopback ports; a mapping in ``overrides`` is merged."""
     data: dict[str, Any] = {
         "appSlug": "my-app",
@@ -248,7 +248,7 @@ def config_data(certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-def write_config(path: Path, certs: tls.CertPaths, **overrides: Any) -> dict[str, Any]:
+def write_config(path: Path, certs: pki.CertPaths, **overrides: Any) -> dict[str, Any]:
     """A config file for ``serve`` on free loopback ports; returns the data written."""
     data = config_data(certs, **overrides)
     path.write_text(yaml.safe_dump(data))

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 
 from tests.integration.registries import free_port
 from tests.reviews import pod, review
-from webhook import config, tls
+from webhook import config, pki, tls
 from webhook.admission import Admitter
 from webhook.config import Visibility
 from webhook.images import ImageRef
@@ -41,22 +41,22 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def write_pair(directory: Path, ca: tls.CertificateAuthority, days: int) -> tls.CertPaths:
-    cert, key = ca.issue(tls.DEV_NAMES, days=days)
-    paths = tls.CertPaths(directory / "tls.crt", directory / "tls.key")
+def write_pair(directory: Path, ca: pki.CertificateAuthority, days: int) -> pki.CertPaths:
+    cert, key = ca.issue(pki.DEV_NAMES, days=days)
+    paths = pki.CertPaths(directory / "tls.crt", directory / "tls.key")
     paths.key_file.write_bytes(key)
     paths.cert_file.write_bytes(cert)
     return paths
 
 
-def expiry_of(paths: tls.CertPaths) -> float:
+def expiry_of(paths: pki.CertPaths) -> float:
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate(paths.cert_file.read_bytes())
     return cert.not_valid_after_utc.timestamp()
 
 
-def served(paths: tls.CertPaths) -> tuple[tls.CertificateReloader, Metrics]:
+def served(paths: pki.CertPaths) -> tuple[tls.CertificateReloader, Metrics]:
     """The reloader serving ``paths`` and the metrics tracking it, as the service wires them."""
     reloader = tls.CertificateReloader(tls.server_context(paths), paths)
     metrics = Metrics()
@@ -65,7 +65,7 @@ def served(paths: tls.CertPaths) -> tuple[tls.CertificateReloader, Metrics]:
 
 
 def test_certificate_expiry_follows_the_loaded_certificate(tmp_path: Path) -> None:
-    ca = tls.CertificateAuthority()
+    ca = pki.CertificateAuthority()
     paths = write_pair(tmp_path, ca, days=5)
     reloader, metrics = served(paths)
     first = sample(metrics, EXPIRY)
@@ -81,11 +81,11 @@ def test_certificate_expiry_follows_the_loaded_certificate(tmp_path: Path) -> No
 
 
 def test_a_certificate_that_cannot_be_loaded_keeps_the_served_expiry(tmp_path: Path) -> None:
-    ca = tls.CertificateAuthority()
+    ca = pki.CertificateAuthority()
     reloader, metrics = served(write_pair(tmp_path, ca, days=30))
     before = sample(metrics, EXPIRY)
     # a new certificate whose key has not been written yet: not served, not reported
-    cert, _ = ca.issue(tls.DEV_NAMES, days=365)
+    cert, _ = ca.issue(pki.DEV_NAMES, days=365)
     reloader.paths.cert_file.write_bytes(cert)
     assert reloader.check() is False
     assert sample(metrics, EXPIRY) == before

@@ -17,7 +17,7 @@ import pytest
 from bench import cachefill, e2e, harness, measure, report, scenarios
 from tests.e2e import kubeapi
 from tests.integration.registries import require_binary
-from webhook import tls
+from webhook import pki
 
 HOST = "127.0.0.1"
 PRIVATE = "quay.io/acme/api:v1"
@@ -49,7 +49,7 @@ def kube_binaries() -> tuple[Path, Path]:
     return found
 
 
-def write_config(directory: Path, port: int, health: int, certs: tls.CertPaths) -> Path:
+def write_config(directory: Path, port: int, health: int, certs: pki.CertPaths) -> Path:
     """Overrides settle every image, so no registry is needed."""
     settings = {
         "appSlug": "bench",
@@ -75,7 +75,7 @@ def write_config(directory: Path, port: int, health: int, certs: tls.CertPaths) 
 
 
 def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
-    certs = tls.generate(tmp_path / "tls", tls.DEV_NAMES)
+    certs = pki.generate(tmp_path / "tls", pki.DEV_NAMES)
     port, health = harness.free_port(HOST), harness.free_port(HOST)
     config_path = write_config(tmp_path, port, health, certs)
     body = scenarios.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])
@@ -148,7 +148,7 @@ def test_floor_and_webhook_under_wrk(wrk_binary: str, tmp_path: Path) -> None:
 def test_end_to_end_through_the_api_server(
     wrk_binary: str, kube_binaries: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    certs = tls.generate(tmp_path / "tls", tls.DEV_NAMES)
+    certs = pki.generate(tmp_path / "tls", pki.DEV_NAMES)
     port, health = harness.free_port(HOST), harness.free_port(HOST)
     config_path = write_config(tmp_path, port, health, certs)
     body = scenarios.review_body("smoke-uid", "web-0", [PRIVATE, PRIVATE, PUBLIC])

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests import reviews
-from webhook import config, service, tls
+from webhook import config, pki, service
 from webhook.config import Settings
 
 RELOAD_INTERVAL = 0.05  # seconds between checks of the files (production: 10 s)
@@ -272,7 +272,7 @@ class Running:
 @pytest.fixture
 async def running_server(tmp_path: Path) -> AsyncIterator[tuple[Running, Pair]]:
     ca_dir = tmp_path / "ca"
-    tls.generate(ca_dir, NAMES)  # the CA (and a pair we do not use)
+    pki.generate(ca_dir, NAMES)  # the CA (and a pair we do not use)
     first = issue(ca_dir)
     mount = SecretMount(tmp_path / "mount", first)
     settings = settings_for(mount.cert_file, mount.key_file)

@@ -22,7 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reviews import pod, review
-from webhook import config, tls
+from webhook import config, pki, tls
 from webhook.admission import Admitter
 from webhook.config import Visibility
 from webhook.metrics import CONTENT_TYPE, Metrics
@@ -71,8 +71,8 @@ class FakeCoreV1:
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tls.CertPaths:
-    return tls.generate(tmp_path_factory.mktemp("tls"), tls.DEV_NAMES)
+def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
+    return pki.generate(tmp_path_factory.mktemp("tls"), pki.DEV_NAMES)
 
 
 class Servers:
@@ -111,7 +111,7 @@ class Servers:
 
 @pytest.fixture
 async def setup(
-    certs: tls.CertPaths,
+    certs: pki.CertPaths,
 ) -> AsyncIterator[tuple[Servers, Metrics, ScriptedProbe, FakeCoreV1]]:
     metrics = Metrics()
     probe = ScriptedProbe()

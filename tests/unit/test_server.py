@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.reviews import StaticResolver, apply, images_of, pod, review
-from webhook import config, tls
+from webhook import config, pki, tls
 from webhook.admission import Admitter
 from webhook.config import Visibility
 from webhook.images import ImageRef
@@ -34,12 +34,12 @@ class BrokenResolver:
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tls.CertPaths:
-    return tls.generate(tmp_path_factory.mktemp("tls"), tls.DEV_NAMES)
+def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
+    return pki.generate(tmp_path_factory.mktemp("tls"), pki.DEV_NAMES)
 
 
 @pytest.fixture
-def client_ssl(certs: tls.CertPaths) -> ssl.SSLContext:
+def client_ssl(certs: pki.CertPaths) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certs.ca_file))
 
 
@@ -47,7 +47,7 @@ Serve = Callable[[Admitter], Awaitable[str]]
 
 
 @pytest.fixture
-async def serve(certs: tls.CertPaths) -> AsyncIterator[Serve]:
+async def serve(certs: pki.CertPaths) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def start(admitter: Admitter) -> str:
@@ -275,7 +275,7 @@ def _tls11_client(ca_file: Path) -> ssl.SSLContext:
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-async def test_tls_below_1_2_is_refused(serve: Serve, certs: tls.CertPaths) -> None:
+async def test_tls_below_1_2_is_refused(serve: Serve, certs: pki.CertPaths) -> None:
     assert certs.ca_file is not None
     client = _tls11_client(certs.ca_file)
     # Control: this client does speak TLS 1.1 to a server that allows it ...
@@ -298,7 +298,7 @@ async def test_tls_below_1_2_is_refused(serve: Serve, certs: tls.CertPaths) -> N
 
 
 def test_self_signed_certificate_is_for_localhost(tmp_path: Path) -> None:
-    paths = tls.self_signed(tmp_path)
+    paths = pki.DevelopmentCertificate(tmp_path).paths
     assert paths.ca_file is not None and paths.ca_file.exists()
     context = ssl.create_default_context(cafile=str(paths.ca_file))
     server = tls.server_context(paths)
