@@ -1,37 +1,51 @@
-"""The package's layers, as the README lays them out, checked from the source.
+"""The package's layers, as docs/design.md §5 lays them out, checked from the source.
 
-- The pure core (config, images, podspec, policy, review) reaches no I/O library,
-  directly or through another module of the package.
-- The probe and cluster layers (registry, netguard, egress, visibility; pullsecrets,
-  selfcerts) do not reach the server (server, service, the CLI).
+- Every module of the package has exactly one layer, here and in §5.
+- Each layer imports only its own and the ones before it: the pure core, then
+  infrastructure, the edges, admission, and the process.
+- The pure core reaches no I/O library, directly or through another module.
 
 Every ``import`` counts, wherever it is written (inside a function, under
 ``TYPE_CHECKING``): a layer that needs a type from above it is already coupled to it.
 The checker is proved on a small package written for the purpose, so a forbidden
-import added tomorrow fails here.
+import or a module without a layer added tomorrow fails here.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
 PACKAGE = "webhook"
-PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = REPO / PACKAGE
+DESIGN = REPO / "docs" / "design.md"
 
-CORE = ("config", "images", "podspec", "policy", "review")
-PROBE_AND_CLUSTER = (
-    "registry",  # registry probes
-    "netguard",
-    "egress",
-    "visibility",
-    "pullsecrets",  # the cluster's API server
-    "selfcerts",
+Layers = Sequence[tuple[str, tuple[str, ...]]]
+
+# From the inside out; "__init__" is the package itself.
+LAYERS: Layers = (
+    ("core", ("__init__", "config", "images", "podspec", "policy", "review")),
+    ("infrastructure", ("logs", "metrics", "pki")),
+    (
+        "edges",
+        (
+            "egress",  # the probe: registries, through the egress proxy and the guard
+            "netguard",
+            "registry",
+            "visibility",
+            "pullsecrets",  # the cluster: the API server
+            "selfcerts",
+        ),
+    ),
+    ("admission", ("admission",)),
+    ("process", ("connections", "tls", "server", "service", "__main__")),
 )
-SERVER = ("server", "service", "__main__")
+CORE = LAYERS[0][1]
 
 # Network, event loop, processes: what the core must be testable without.
 IO_LIBRARIES = frozenset(
@@ -109,19 +123,60 @@ def violations(
     return found
 
 
+def unlayered(package_dir: Path, package: str, layers: Layers) -> list[str]:
+    """Modules of the package in no layer, or in more than one."""
+    placed = [f"{package}.{name}" for _, names in layers for name in names]
+    modules = _module_names(package_dir, package)
+    missing = sorted(modules - set(placed))
+    twice = sorted({name for name in placed if placed.count(name) > 1})
+    unknown = sorted(set(placed) - modules)
+    return (
+        [f"{name}: no layer" for name in missing]
+        + [f"{name}: in more than one layer" for name in twice]
+        + [f"{name}: no such module" for name in unknown]
+    )
+
+
+def wrong_way(package_dir: Path, package: str, layers: Layers) -> list[str]:
+    """One line per import of a module in a later layer than the importer's."""
+    rank = {f"{package}.{name}": i for i, (_, names) in enumerate(layers) for name in names}
+    modules = _module_names(package_dir, package)
+    found = []
+    for module in sorted(modules):
+        path = package_dir / f"{module.removeprefix(package + '.')}.py"
+        for imported in sorted(_imports(path, package, modules) & modules):
+            if rank[imported] > rank[module]:
+                found.append(
+                    f"{module} ({layers[rank[module]][0]}) -> "
+                    f"{imported} ({layers[rank[imported]][0]})"
+                )
+    return found
+
+
+def design_layers(text: str) -> list[tuple[str, ...]]:
+    """The modules of each numbered item under §5's "Layering" paragraph, in order."""
+    section = text.split("## 5.", 1)[1].split("\n## ", 1)[0]
+    listing = section.split("Layering, from the inside out", 1)[1]
+    items = re.split(r"^\d+\. ", listing, flags=re.M)[1:]
+    return [tuple(re.findall(r"`(\w+)`", item)) for item in items]
+
+
+def test_every_module_has_exactly_one_layer() -> None:
+    assert unlayered(PACKAGE_DIR, PACKAGE, LAYERS) == []
+
+
+def test_each_layer_imports_only_the_layers_before_it() -> None:
+    assert wrong_way(PACKAGE_DIR, PACKAGE, LAYERS) == []
+
+
 def test_the_core_reaches_no_io_library() -> None:
     assert violations(PACKAGE_DIR, PACKAGE, CORE, IO_LIBRARIES) == []
 
 
-def test_probe_and_cluster_layers_do_not_reach_the_server() -> None:
-    server = {f"{PACKAGE}.{name}" for name in SERVER}
-    assert violations(PACKAGE_DIR, PACKAGE, PROBE_AND_CLUSTER, server) == []
-
-
-def test_the_layers_name_modules_that_exist() -> None:
-    modules = _module_names(PACKAGE_DIR, PACKAGE)
-    for name in (*CORE, *PROBE_AND_CLUSTER, *SERVER):
-        assert f"{PACKAGE}.{name}" in modules
+def test_design_lists_the_same_layers() -> None:
+    listed = design_layers(DESIGN.read_text(encoding="utf-8"))
+    ours = [tuple(sorted(set(names) - {"__init__"})) for _, names in LAYERS]
+    assert [tuple(sorted(names)) for names in listed] == ours
 
 
 # --- the checker itself, on a package written for it -----------------------------
@@ -164,3 +219,31 @@ def test_checker_passes_a_clean_module_and_refuses_an_unknown_one(package: Path)
     assert violations(package, "pkg", ["clean"], {"json"}) == []
     with pytest.raises(LookupError):
         violations(package, "pkg", ["missing"], IO_LIBRARIES)
+
+
+def test_checker_names_a_module_without_a_layer(package: Path) -> None:
+    low = ("__init__", "core", "helper", "deep", "clean")
+    layers: Layers = (("low", low), ("top", ("server",)))
+    assert unlayered(package, "pkg", layers) == ["pkg.probe: no layer"]
+    twice: Layers = (*layers, ("again", ("probe", "core")))
+    assert unlayered(package, "pkg", twice) == ["pkg.core: in more than one layer"]
+
+
+def test_checker_finds_an_import_into_a_later_layer(package: Path) -> None:
+    layers: Layers = (
+        ("low", ("__init__", "helper", "deep", "clean")),
+        ("mid", ("core", "probe")),
+        ("top", ("server",)),
+    )
+    assert wrong_way(package, "pkg", layers) == ["pkg.probe (mid) -> pkg.server (top)"]
+    flat: Layers = (("all", ("__init__", "core", "helper", "deep", "clean", "probe", "server")),)
+    assert wrong_way(package, "pkg", flat) == []
+
+
+def test_design_layers_are_read_from_the_numbered_list() -> None:
+    text = (
+        "## 5. Architecture\n\nLayering, from the inside out; each layer...:\n\n"
+        "1. the core: `a`, `b`. No I/O\n   and `c` on a second line.\n"
+        "2. the rest: `d`.\n\n## 6. Next\n\n1. `e`\n"
+    )
+    assert design_layers(text) == [("a", "b", "c"), ("d",)]
