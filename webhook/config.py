@@ -110,7 +110,7 @@ class ServerSettings:
     key_file: str = ""
     admission_deadline_seconds: float = 8.0
     shutdown_timeout_seconds: float = 15.0
-    # Bounds on what one client can make the server hold (README "Failure behaviour").
+    # Bounds on what one client can make the server hold (docs/design.md §7).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_images_per_object: int = 1000
     max_json_values: int = 250_000
@@ -140,13 +140,19 @@ class SelfManagedTLSSettings:
     check_interval_seconds: float = 60.0
 
 
+# The vendor's hosts: the pull-through proxy, and the registry its images come from
+# (which a custom registryDomain fronts).
+DEFAULT_PROXY_DOMAIN = "proxy.replicated.com"
+UPSTREAM_REGISTRY_DOMAIN = "registry.replicated.com"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     app_slug: str
     license_id: str = ""
     license_id_file: str = ""
-    proxy_domain: str = "proxy.replicated.com"
-    registry_domain: str = "registry.replicated.com"
+    proxy_domain: str = DEFAULT_PROXY_DOMAIN
+    registry_domain: str = UPSTREAM_REGISTRY_DOMAIN
     pull_secret_name: str = ""
     namespaces: tuple[str, ...] = ()
     exclude_namespaces: frozenset[str] = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
@@ -174,9 +180,6 @@ class Settings:
         ):
             return False
         return self.all_namespaces or namespace in self.namespaces
-
-
-UPSTREAM_REGISTRY_DOMAIN = "registry.replicated.com"
 
 
 # --- parsing ---------------------------------------------------------------
@@ -319,6 +322,7 @@ def _self_managed_tls(section: _Section, server: ServerSettings) -> SelfManagedT
     """The ``selfManagedTLS`` section; absent or empty: certificates come from files."""
     if not section.data:
         return None
+    default = SelfManagedTLSSettings(secret_name="", dns_names=())
     names = {}
     for key in ("secretName", "mutatingWebhookConfiguration", "validatingWebhookConfiguration"):
         names[key] = section.get(key, str, "")
@@ -327,9 +331,11 @@ def _self_managed_tls(section: _Section, server: ServerSettings) -> SelfManagedT
         dns_names=section.strings("dnsNames"),
         mutating_webhook_configuration=names["mutatingWebhookConfiguration"],
         validating_webhook_configuration=names["validatingWebhookConfiguration"],
-        ca_validity_days=_positive(section, "caValidityDays", 3650.0),
-        cert_validity_days=_positive(section, "certValidityDays", 365.0),
-        check_interval_seconds=_positive(section, "checkIntervalSeconds", 60.0),
+        ca_validity_days=_positive(section, "caValidityDays", default.ca_validity_days),
+        cert_validity_days=_positive(section, "certValidityDays", default.cert_validity_days),
+        check_interval_seconds=_positive(
+            section, "checkIntervalSeconds", default.check_interval_seconds
+        ),
     )
     section.done()  # a typo is named before what it leaves missing
     if not _DNS_SUBDOMAIN.fullmatch(settings.secret_name):
@@ -367,88 +373,118 @@ def _excluded_namespaces(root: _Section, namespaces: tuple[str, ...]) -> frozens
     return frozenset(excluded)
 
 
-def parse(data: object) -> Settings:
-    """Build Settings from the parsed YAML document; raise ConfigError on any bad value."""
-    root = _Section(data, "")
+def _app_slug(root: _Section) -> str:
     slug = root.get("appSlug", str, "")
     if not slug:
         raise ConfigError("appSlug: required (the application slug, e.g. my-app)")
     if not _DNS_LABEL.fullmatch(slug):
         raise ConfigError(f"appSlug: {slug!r} must be a lower-case DNS label")
-    license_id = root.get("licenseID", str, "", secret=True)
-    license_id_file = root.get("licenseIDFile", str, "")
+    return slug
+
+
+def _license(root: _Section, default: Settings) -> tuple[str, str]:
+    """licenseID and licenseIDFile: at most one of them."""
+    license_id = root.get("licenseID", str, default.license_id, secret=True)
+    license_id_file = root.get("licenseIDFile", str, default.license_id_file)
     if license_id and license_id_file:
         raise ConfigError("licenseID and licenseIDFile: set one, not both")
-    pull_secret_name = root.get("pullSecretName", str, "")
-    if pull_secret_name and not _DNS_SUBDOMAIN.fullmatch(pull_secret_name):
-        raise ConfigError(f"pullSecretName: {pull_secret_name!r} is not a valid Secret name")
-    if len(f"{slug}-registry") > 253 and not pull_secret_name:
+    return license_id, license_id_file
+
+
+def _pull_secret_name(root: _Section, slug: str, default: Settings) -> str:
+    name = root.get("pullSecretName", str, default.pull_secret_name)
+    if name and not _DNS_SUBDOMAIN.fullmatch(name):
+        raise ConfigError(f"pullSecretName: {name!r} is not a valid Secret name")
+    if len(f"{slug}-registry") > 253 and not name:
         raise ConfigError("pullSecretName: the default '<appSlug>-registry' is too long")
+    return name
+
+
+def _namespaces(root: _Section, slug: str) -> tuple[str, ...]:
+    """namespaces: the app's own namespace when none are listed."""
     namespaces = root.strings("namespaces") or (slug,)
     for index, namespace in enumerate(namespaces):
         if namespace != "*" and not _DNS_LABEL.fullmatch(namespace):
             raise ConfigError(f"namespaces[{index}]: {namespace!r} is not a namespace name")
-    excluded = _excluded_namespaces(root, namespaces)
-    mode = root.choice("mode", Mode, Mode.ONLINE, "online, airgap")
+    return namespaces
 
-    airgap_keys = root.section("airgap")
+
+def _airgap(section: _Section) -> AirgapSettings:
+    default = AirgapSettings()
     airgap = AirgapSettings(
-        registry=_host(airgap_keys, "registry", ""),
-        namespace=airgap_keys.get("namespace", str, ""),
-        username=airgap_keys.get("username", str, ""),
-        password_file=airgap_keys.get("passwordFile", str, ""),
+        registry=_host(section, "registry", default.registry),
+        namespace=section.get("namespace", str, default.namespace),
+        username=section.get("username", str, default.username),
+        password_file=section.get("passwordFile", str, default.password_file),
     )
     namespace = airgap.namespace
     if namespace and _reads_as(f"localhost/{namespace}/a", f"{namespace}/a") is None:
         raise ConfigError(f"airgap.namespace: {namespace!r} is not a lower-case repository path")
-    airgap_keys.done()
-    if mode is Mode.AIRGAP and not airgap.registry:
-        raise ConfigError("airgap.registry: required when mode is airgap")
-    if mode is Mode.ONLINE and not (license_id or license_id_file):
-        raise ConfigError("licenseID or licenseIDFile: required when mode is online")
+    section.done()
+    return airgap
 
-    visibility_keys = root.section("visibility")
+
+def _visibility(section: _Section) -> VisibilitySettings:
+    default = VisibilitySettings()
     visibility = VisibilitySettings(
-        overrides=_overrides(visibility_keys),
-        on_probe_failure=visibility_keys.choice(
-            "onProbeFailure", OnProbeFailure, OnProbeFailure.PROXY, "proxy, direct, deny"
+        overrides=_overrides(section),
+        on_probe_failure=section.choice(
+            "onProbeFailure", OnProbeFailure, default.on_probe_failure, "proxy, direct, deny"
         ),
-        ttl_seconds=_positive(visibility_keys, "ttlSeconds", 3600.0),
-        failure_ttl_seconds=_positive(visibility_keys, "failureTtlSeconds", 30.0),
-        cache_size=int(_positive(visibility_keys, "cacheSize", 10000)),
+        ttl_seconds=_positive(section, "ttlSeconds", default.ttl_seconds),
+        failure_ttl_seconds=_positive(section, "failureTtlSeconds", default.failure_ttl_seconds),
+        cache_size=int(_positive(section, "cacheSize", default.cache_size)),
     )
-    visibility_keys.done()
+    section.done()
+    return visibility
 
-    probe_keys = root.section("probe")
-    insecure = probe_keys.strings("insecureRegistries")
+
+def _probe(section: _Section) -> ProbeSettings:
+    default = ProbeSettings()
+    insecure = section.strings("insecureRegistries", tuple(default.insecure_registries))
     probe = ProbeSettings(
-        timeout_seconds=_positive(probe_keys, "timeoutSeconds", 2.0),
+        timeout_seconds=_positive(section, "timeoutSeconds", default.timeout_seconds),
         insecure_registries=frozenset(h.lower() for h in insecure),
-        allow_private_networks=probe_keys.get("allowPrivateNetworks", bool, False),
-        max_concurrent=int(_positive(probe_keys, "maxConcurrent", 32)),
+        allow_private_networks=section.get(
+            "allowPrivateNetworks", bool, default.allow_private_networks
+        ),
+        max_concurrent=int(_positive(section, "maxConcurrent", default.max_concurrent)),
     )
-    probe_keys.done()
+    section.done()
+    return probe
 
-    server_keys = root.section("server")
+
+def _server(section: _Section) -> ServerSettings:
+    d = ServerSettings()
     server = ServerSettings(
-        host=server_keys.get("host", str, "0.0.0.0"),
-        port=_port(server_keys, "port", 8443),
-        health_port=_port(server_keys, "healthPort", 8080),
-        cert_file=server_keys.get("certFile", str, ""),
-        key_file=server_keys.get("keyFile", str, ""),
-        admission_deadline_seconds=_positive(server_keys, "admissionDeadlineSeconds", 8.0),
-        shutdown_timeout_seconds=_positive(server_keys, "shutdownTimeoutSeconds", 15.0),
-        max_request_bytes=_count(server_keys, "maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES),
-        max_images_per_object=_count(server_keys, "maxImagesPerObject", 1000),
-        max_json_values=_count(server_keys, "maxJsonValues", 250_000),
-        max_admissions_in_flight=_count(server_keys, "maxAdmissionsInFlight", 256),
-        max_body_bytes_in_flight=_count(server_keys, "maxBodyBytesInFlight", 8 * 1024 * 1024),
-        max_connections=_count(server_keys, "maxConnections", 512),
-        tls_handshake_timeout_seconds=_positive(server_keys, "tlsHandshakeTimeoutSeconds", 5.0),
-        header_timeout_seconds=_positive(server_keys, "headerTimeoutSeconds", 5.0),
-        idle_timeout_seconds=_positive(server_keys, "idleTimeoutSeconds", 60.0),
+        host=section.get("host", str, d.host),
+        port=_port(section, "port", d.port),
+        health_port=_port(section, "healthPort", d.health_port),
+        cert_file=section.get("certFile", str, d.cert_file),
+        key_file=section.get("keyFile", str, d.key_file),
+        admission_deadline_seconds=_positive(
+            section, "admissionDeadlineSeconds", d.admission_deadline_seconds
+        ),
+        shutdown_timeout_seconds=_positive(
+            section, "shutdownTimeoutSeconds", d.shutdown_timeout_seconds
+        ),
+        max_request_bytes=_count(section, "maxRequestBytes", d.max_request_bytes),
+        max_images_per_object=_count(section, "maxImagesPerObject", d.max_images_per_object),
+        max_json_values=_count(section, "maxJsonValues", d.max_json_values),
+        max_admissions_in_flight=_count(
+            section, "maxAdmissionsInFlight", d.max_admissions_in_flight
+        ),
+        max_body_bytes_in_flight=_count(
+            section, "maxBodyBytesInFlight", d.max_body_bytes_in_flight
+        ),
+        max_connections=_count(section, "maxConnections", d.max_connections),
+        tls_handshake_timeout_seconds=_positive(
+            section, "tlsHandshakeTimeoutSeconds", d.tls_handshake_timeout_seconds
+        ),
+        header_timeout_seconds=_positive(section, "headerTimeoutSeconds", d.header_timeout_seconds),
+        idle_timeout_seconds=_positive(section, "idleTimeoutSeconds", d.idle_timeout_seconds),
     )
-    server_keys.done()
+    section.done()
     if server.max_body_bytes_in_flight < server.max_request_bytes:
         raise ConfigError(
             "server.maxBodyBytesInFlight: must be at least server.maxRequestBytes "
@@ -463,16 +499,39 @@ def parse(data: object) -> Settings:
             "server.admissionDeadlineSeconds: must stay below the webhook timeoutSeconds "
             f"(at most 30), got {server.admission_deadline_seconds}"
         )
+    return server
 
+
+def parse(data: object) -> Settings:
+    """Build Settings from the parsed YAML document; raise ConfigError on any bad value.
+
+    Each section is read by its own function, which takes what a missing key means
+    from the dataclass's defaults.
+    """
+    root = _Section(data, "")
+    default = Settings(app_slug="")
+    slug = _app_slug(root)
+    license_id, license_id_file = _license(root, default)
+    pull_secret_name = _pull_secret_name(root, slug, default)
+    namespaces = _namespaces(root, slug)
+    excluded = _excluded_namespaces(root, namespaces)
+    mode = root.choice("mode", Mode, default.mode, "online, airgap")
+    airgap = _airgap(root.section("airgap"))
+    if mode is Mode.AIRGAP and not airgap.registry:
+        raise ConfigError("airgap.registry: required when mode is airgap")
+    if mode is Mode.ONLINE and not (license_id or license_id_file):
+        raise ConfigError("licenseID or licenseIDFile: required when mode is online")
+    visibility = _visibility(root.section("visibility"))
+    probe = _probe(root.section("probe"))
+    server = _server(root.section("server"))
     self_managed_tls = _self_managed_tls(root.section("selfManagedTLS"), server)
-
     settings = Settings(
         app_slug=slug,
         license_id=license_id,
         license_id_file=license_id_file,
-        proxy_domain=_host(root, "proxyDomain", "proxy.replicated.com", required=True).lower(),
+        proxy_domain=_host(root, "proxyDomain", default.proxy_domain, required=True).lower(),
         registry_domain=_host(
-            root, "registryDomain", UPSTREAM_REGISTRY_DOMAIN, required=True
+            root, "registryDomain", default.registry_domain, required=True
         ).lower(),
         pull_secret_name=pull_secret_name,
         namespaces=namespaces,
@@ -481,7 +540,7 @@ def parse(data: object) -> Settings:
         airgap=airgap,
         visibility=visibility,
         probe=probe,
-        mutate_workloads=root.get("mutateWorkloads", bool, False),
+        mutate_workloads=root.get("mutateWorkloads", bool, default.mutate_workloads),
         server=server,
         self_managed_tls=self_managed_tls,
     )

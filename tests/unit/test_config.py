@@ -37,6 +37,17 @@ def test_defaults() -> None:
     assert s.server.idle_timeout_seconds == 60
 
 
+def test_a_missing_key_means_the_dataclass_default() -> None:
+    empty_sections: dict[str, Any] = {"airgap": {}, "visibility": {}, "probe": {}, "server": {}}
+    expected = config.Settings("my-app", license_id="lic", namespaces=("my-app",))
+    assert config.parse(MINIMAL) == expected
+    assert config.parse({**MINIMAL, **empty_sections}) == expected
+    tls = {"secretName": "webhook-tls", "dnsNames": ["webhook.svc"]}
+    server = {"certFile": "/c", "keyFile": "/k"}
+    parsed = config.parse({**MINIMAL, "server": server, "selfManagedTLS": tls})
+    assert parsed.self_managed_tls == config.SelfManagedTLSSettings("webhook-tls", ("webhook.svc",))
+
+
 def test_example_config_loads() -> None:
     s = config.load(Path(__file__).parents[2] / "examples" / "config.yaml")
     assert s.app_slug == "my-app"
