@@ -35,7 +35,7 @@ from tests.reviews import ONLINE_CONFIG
 from webhook import config, logs, review
 from webhook.admission import Admitter
 from webhook.metrics import Metrics
-from webhook.registry import ProbeResult
+from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.visibility import VisibilityResolver
 
 ADMISSIONS = 1200
@@ -118,7 +118,7 @@ NAMESPACES = ("my-app", "my-app", "team-b", "elsewhere", "kube-system")
 
 async def probe(domain: str, path: str, reference: str) -> ProbeResult:
     visibility, reason, retry_after = PROBE_TABLE.get(path, ("unknown", "timeout", None))
-    return ProbeResult(config.Visibility(visibility), reason, retry_after)
+    return ProbeResult(Visibility(visibility), Reason(reason), retry_after)
 
 
 class Secrets:

@@ -21,9 +21,8 @@ import uuid
 from bench.harness import rss_kib
 from webhook import config
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.metrics import Metrics
-from webhook.registry import ProbeResult
+from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.visibility import VisibilityResolver
 
 PER_POD = 100
@@ -66,7 +65,7 @@ def pod_body(first: int) -> bytes:
 
 
 async def private(domain: str, path: str, reference: str) -> ProbeResult:
-    return ProbeResult(Visibility.PRIVATE, "auth-required")
+    return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
 
 
 def _rss_mib() -> float:

@@ -233,14 +233,13 @@ def server_time(config_path: Path, body: bytes, samples: int) -> dict[str, float
     """admit + encode of one body, in this process, the cache warm: p50 and p99 in ms."""
     from webhook import config, review
     from webhook.admission import Admitter
-    from webhook.config import Visibility
-    from webhook.registry import ProbeResult
+    from webhook.probes import ProbeResult, Reason, Visibility
     from webhook.visibility import VisibilityResolver
 
     settings = config.load(str(config_path))
 
     async def private(domain: str, path: str, reference: str) -> ProbeResult:
-        return ProbeResult(Visibility.PRIVATE, "auth-required")
+        return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
 
     async def run() -> list[float]:
         resolver = VisibilityResolver(settings.visibility, private, 32)

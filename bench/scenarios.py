@@ -252,7 +252,7 @@ def expected_answer(config_path: Path, body: bytes, public_hosts: set[str]) -> d
     """The answer computed in this process by the same core, visibility by registry."""
     from webhook import config, review
     from webhook.admission import Admitter
-    from webhook.config import Visibility
+    from webhook.probes import Visibility
 
     class ByHost:
         async def resolve_all(

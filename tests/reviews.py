@@ -12,9 +12,9 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.config import Visibility
 from webhook.images import ImageRef
 from webhook.policy import Repository
+from webhook.probes import Visibility
 
 # Config files (as parsed YAML) for the rule tests: visibility from overrides alone.
 ONLINE_CONFIG: dict[str, Any] = {

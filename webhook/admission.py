@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from webhook import logs, podspec, policy, review
-from webhook.config import Settings, Visibility
+from webhook.config import Settings
 from webhook.images import ImageRef
-from webhook.metrics import Metrics
+from webhook.metrics import CounterSeries, HistogramSeries, Metrics
 from webhook.podspec import WORKLOAD_TEMPLATES
-from webhook.policy import Decision, Repository, Request
+from webhook.policy import Decision, Operation, Repository, Request
+from webhook.probes import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ Endpoint = Literal["mutate", "validate"]
 
 # Metric labels come from the request body, which anyone reaching the port can
 # write: unknown values are counted as "other" instead of growing new series.
-OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+OPERATIONS = frozenset(Operation)
 KINDS = frozenset({"Pod", "EphemeralContainers", *WORKLOAD_TEMPLATES})
 
 _LINE = "%s %s %s/%s: %s in %.1f ms"
@@ -88,8 +89,8 @@ class Admitter:
         # metric series by the request's own values when those are their labels (known
         # values: a bounded set), and the duration series by endpoint: labels() on
         # every request costs more than the increment
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
+        self._counters: dict[tuple[Endpoint, str, str, str], CounterSeries] = {}
+        self._durations: dict[Endpoint, HistogramSeries] = {}
 
     async def decide(self, request: Request, deadline: float, *, explain: bool = True) -> Decision:
         """The decision for one object, probing what the overrides do not settle;
@@ -216,7 +217,7 @@ class Admitter:
         )
         log.handle(record)
 
-    def _counter(self, key: tuple[str, str, str, str], metrics: Metrics) -> Any:
+    def _counter(self, key: tuple[Endpoint, str, str, str], metrics: Metrics) -> CounterSeries:
         """The admission counter's series for these request values, kept by them when
         they are their own labels (known values: a bounded set of keys)."""
         endpoint, operation, kind, label = key

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from webhook import images
+from webhook.probes import Visibility
 
 _T = TypeVar("_T")
 
@@ -35,16 +36,6 @@ class ConfigError(ValueError):
 class Mode(enum.StrEnum):
     ONLINE = "online"
     AIRGAP = "airgap"
-
-
-class Visibility(enum.StrEnum):
-    PUBLIC = "public"
-    PRIVATE = "private"
-    UNKNOWN = "unknown"
-    # The registry itself is on a loopback, link-local or private address, which
-    # the probe does not reach (probe.allowPrivateNetworks): the customer's own
-    # registry, which the vendor's proxy could not reach either.
-    INTERNAL = "internal"
 
 
 class OnProbeFailure(enum.StrEnum):

@@ -56,8 +56,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from webhook.config import ProbeSettings
 
-BLOCKED_ADDRESS = "blocked-address"
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Refused unless allowPrivateNetworks: everything a pod-creating user could aim
@@ -106,8 +104,6 @@ class BlockedAddressError(OSError):
     An ``OSError`` so that aiohttp wraps it in ``ClientConnectorError`` like any
     other resolution failure; :func:`blocked_cause` finds it again.
     """
-
-    reason = BLOCKED_ADDRESS
 
     def __init__(self, host: str, address: str) -> None:
         super().__init__(f"{host} resolves to {address}, which the probe may not reach")

@@ -9,6 +9,7 @@ and warn about.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from functools import lru_cache
 from types import MappingProxyType
@@ -17,19 +18,13 @@ from typing import Any, NamedTuple
 import orjson
 
 from webhook import images, podspec
-from webhook.config import (
-    UPSTREAM_REGISTRY_DOMAIN,
-    Mode,
-    OnProbeFailure,
-    Settings,
-    Visibility,
-)
+from webhook.config import UPSTREAM_REGISTRY_DOMAIN, Mode, OnProbeFailure, Settings
 from webhook.images import ImageRef, InvalidImageError
 from webhook.podspec import ImageField, PodTemplate
+from webhook.probes import Visibility
 
 ORIGINAL_IMAGES_ANNOTATION = "image-proxy-webhook.io/original-images"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"  # the API server's copy of a static Pod
-MUTATED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # an empty default no one can fill
 
@@ -39,6 +34,22 @@ _PUBLIC, _INTERNAL, _UNKNOWN = Visibility.PUBLIC, Visibility.INTERNAL, Visibilit
 _ONLINE, _AIRGAP = Mode.ONLINE, Mode.AIRGAP
 
 Repository = tuple[str, str]  # (normalised domain, path): the visibility cache key
+
+
+class Operation(enum.StrEnum):
+    """What the API server asks about (the AdmissionReview's ``request.operation``)."""
+
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    CONNECT = "CONNECT"
+
+
+_CREATE, _UPDATE = Operation.CREATE, Operation.UPDATE
+MUTATED_OPERATIONS = frozenset({_CREATE, _UPDATE})
+# An operation as sent → its member; one Kubernetes does not define stays the string
+# sent (logged as it came, counted as "other").
+OPERATIONS: Mapping[str, Operation] = {operation.value: operation for operation in Operation}
 
 # Warnings reach the client through the API server, which may truncate one over 256
 # characters; names and images in them are shortened to keep each near 120.
@@ -58,7 +69,7 @@ class Request(NamedTuple):
 
     kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
     object: Mapping[str, Any] | None
-    operation: str = "CREATE"
+    operation: Operation | str = Operation.CREATE
     subresource: str = ""
     namespace: str = ""
     old_object: Mapping[str, Any] | None = None  # on UPDATE
@@ -70,7 +81,7 @@ class Request(NamedTuple):
         # A workload's template is free to change on UPDATE.
         if self.subresource:
             return False
-        return self.operation == "CREATE" or self.kind in podspec.WORKLOAD_TEMPLATES
+        return self.operation == _CREATE or self.kind in podspec.WORKLOAD_TEMPLATES
 
     @property
     def may_annotate(self) -> bool:
@@ -148,14 +159,14 @@ def covered_template(
     if request.kind in podspec.WORKLOAD_TEMPLATES:
         if podspec.owned_by_workload(obj):
             return None  # its owner's template is rewritten; rewriting this one makes a loop
-        if request.kind == "Job" and request.operation == "UPDATE":
+        if request.kind == "Job" and request.operation == _UPDATE:
             return None  # a Job's template is immutable
     return podspec.find(request.kind, obj, workloads=settings.mutate_workloads)
 
 
 def _unchanged(request: Request) -> Mapping[tuple[str, str], str]:
     """On UPDATE, each image of oldObject by its place (list and name)."""
-    if request.operation != "UPDATE" or request.old_object is None:
+    if request.operation != _UPDATE or request.old_object is None:
         return {}
     old = podspec.find(request.kind, request.old_object, workloads=True)
     return {image.place: image.image for image in old.images} if old is not None else {}

@@ -58,7 +58,7 @@ from cachetools import TLRUCache
 from multidict import CIMultiDict
 from yarl import URL
 
-from webhook.config import ProbeSettings, Visibility
+from webhook.config import ProbeSettings
 from webhook.egress import Egress
 from webhook.images import DOCKER_HUB_ALIASES
 from webhook.netguard import (
@@ -70,6 +70,7 @@ from webhook.netguard import (
     dns_cause,
     host_port,
 )
+from webhook.probes import ProbeResult, Reason, Visibility
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +90,8 @@ DEFAULT_TOKEN_SECONDS = 60.0  # distribution's token spec: expires_in defaults t
 TOKEN_CACHE_SIZE = 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
-ANONYMOUS_OK = "anonymous-ok"
-AUTH_REQUIRED = "auth-required"
-NOT_FOUND = "not-found-anonymously"
-RATE_LIMITED = "rate-limited"
-BLOCKED_ADDRESS = "blocked-address"
-PLAIN_HTTP_REFUSED = "plain-http-refused"
-TIMEOUT = "timeout"
-DNS_ERROR = "dns-error"
-TLS_ERROR = "tls-error"
-CONNECTION_ERROR = "connection-error"
-PROXY_ERROR = "proxy-error"
-SERVER_ERROR = "server-error"
-BAD_RESPONSE = "bad-response"
-INVALID_REFERENCE = "invalid-reference"
-INTERNAL_ERROR = "internal-error"
 _SAFE_PATH = re.compile(r"[a-z0-9]+(?:[._/-]+[a-z0-9]+)*")
 _SAFE_REFERENCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+=-]{0,255}")
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    visibility: Visibility
-    reason: str
-    retry_after: float | None = None  # seconds, from Retry-After on 429 (and 503)
 
 
 # --- WWW-Authenticate --------------------------------------------------------
@@ -313,55 +292,55 @@ class _Token:
     lifetime: float
 
 
-def _unknown(reason: str, retry_after: float | None = None) -> ProbeResult:
+def _unknown(reason: Reason, retry_after: float | None = None) -> ProbeResult:
     return ProbeResult(Visibility.UNKNOWN, reason, retry_after)
 
 
 def _classify(response: _Response) -> ProbeResult:
     status = response.status
     if 200 <= status < 300:
-        return ProbeResult(Visibility.PUBLIC, ANONYMOUS_OK)
+        return ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
     if status in (401, 403):
-        return ProbeResult(Visibility.PRIVATE, AUTH_REQUIRED)
+        return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
     if status == 404:
-        return ProbeResult(Visibility.PRIVATE, NOT_FOUND)
+        return ProbeResult(Visibility.PRIVATE, Reason.NOT_FOUND)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
-        return _unknown(RATE_LIMITED, retry_after)
+        return _unknown(Reason.RATE_LIMITED, retry_after)
     if status >= 500:
-        return _unknown(SERVER_ERROR, retry_after if status == 503 else None)
-    return _unknown(BAD_RESPONSE)
+        return _unknown(Reason.SERVER_ERROR, retry_after if status == 503 else None)
+    return _unknown(Reason.BAD_RESPONSE)
 
 
 def _classify_exception(exc: BaseException) -> ProbeResult:
     if blocked_cause(exc) is not None:
-        return _unknown(BLOCKED_ADDRESS)
+        return _unknown(Reason.BLOCKED_ADDRESS)
     if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError):
-        return _unknown(PROXY_ERROR)  # the egress proxy refused, or could not be reached
+        return _unknown(Reason.PROXY_ERROR)  # the egress proxy refused, or could not be reached
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it too
-        return _unknown(TIMEOUT)
+        return _unknown(Reason.TIMEOUT)
     if dns_cause(exc) is not None or isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return _unknown(DNS_ERROR)
+        return _unknown(Reason.DNS_ERROR)
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        return _unknown(TLS_ERROR)
+        return _unknown(Reason.TLS_ERROR)
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return _unknown(BAD_RESPONSE)
+        return _unknown(Reason.BAD_RESPONSE)
     if isinstance(exc, aiohttp.InvalidURL | ValueError):
-        return _unknown(BAD_RESPONSE)
+        return _unknown(Reason.BAD_RESPONSE)
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return _unknown(CONNECTION_ERROR)
-    return _unknown(INTERNAL_ERROR)
+        return _unknown(Reason.CONNECTION_ERROR)
+    return _unknown(Reason.INTERNAL_ERROR)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     if response.content_length is not None and response.content_length > cap:
-        raise _Refused(_unknown(BAD_RESPONSE))
+        raise _Refused(_unknown(Reason.BAD_RESPONSE))
     chunks: list[bytes] = []
     total = 0
     async for chunk in response.content.iter_chunked(16 * 1024):
         total += len(chunk)
         if total > cap:
-            raise _Refused(_unknown(BAD_RESPONSE))
+            raise _Refused(_unknown(Reason.BAD_RESPONSE))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -445,7 +424,7 @@ class RegistryClient:
             result = refused.result
         except Exception as exc:
             result = _classify_exception(exc)
-            if result.reason == INTERNAL_ERROR:
+            if result.reason == Reason.INTERNAL_ERROR:
                 log.exception("probe of %s/%s failed unexpectedly", domain, path)
             else:
                 log.debug("probe of %s/%s: %s: %s", domain, path, type(exc).__name__, exc)
@@ -466,7 +445,7 @@ class RegistryClient:
         try:
             url = manifest_url(domain, path, reference, self._guard)
         except ValueError:
-            return _unknown(INVALID_REFERENCE)
+            return _unknown(Reason.INVALID_REFERENCE)
         headers = {"Accept": MANIFEST_ACCEPT}
         response = await self._request("HEAD", url, headers, registry=True)
         if response.status != 401:
@@ -475,10 +454,10 @@ class RegistryClient:
             challenges = parse_challenges(response.headers.getall("WWW-Authenticate", []))
         except ChallengeError as exc:
             log.debug("probe of %s/%s: unusable WWW-Authenticate: %s", domain, path, exc)
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is None:
-            return ProbeResult(Visibility.PRIVATE, AUTH_REQUIRED)
+            return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
         token = await self._token(bearer, path)
         if isinstance(token, ProbeResult):
             return token
@@ -490,9 +469,9 @@ class RegistryClient:
         try:
             realm_url = URL(realm)
         except ValueError:
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         if realm_url.scheme not in ("http", "https") or not realm_url.host:
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         service = challenge.params.get("service", "")
         scope = challenge.params.get("scope") or f"repository:{path}:pull"
         key = (str(realm_url), service, scope)
@@ -503,19 +482,21 @@ class RegistryClient:
         self.token_requests += 1
         response = await self._request("GET", realm_url.extend_query(query), {}, read_body=True)
         if response.status in (401, 403):
-            return ProbeResult(Visibility.PRIVATE, AUTH_REQUIRED)
+            return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
         if not 200 <= response.status < 300:
             result = _classify(response)
-            return result if result.visibility is Visibility.UNKNOWN else _unknown(BAD_RESPONSE)
+            return (
+                result if result.visibility is Visibility.UNKNOWN else _unknown(Reason.BAD_RESPONSE)
+            )
         try:
             body = json.loads(response.body)
         except ValueError:
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         if not isinstance(body, dict):
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
-            return _unknown(BAD_RESPONSE)
+            return _unknown(Reason.BAD_RESPONSE)
         expires_in = body.get("expires_in")
         lifetime = (
             float(expires_in)
@@ -550,9 +531,9 @@ class RegistryClient:
             if url.scheme == "http" and not self._guard.is_insecure(
                 url.host or "", url.explicit_port
             ):
-                raise _Refused(_unknown(PLAIN_HTTP_REFUSED))
+                raise _Refused(_unknown(Reason.PLAIN_HTTP_REFUSED))
             if url.scheme not in ("http", "https"):
-                raise _Refused(_unknown(BAD_RESPONSE))
+                raise _Refused(_unknown(Reason.BAD_RESPONSE))
             proxy = self._egress.proxy_for(url)
             sent = current
             if proxy is not None and url.scheme == "http":
@@ -581,6 +562,8 @@ class RegistryClient:
                 if registry and _hop == 0 and blocked_cause(exc) is not None:
                     # The registry host itself, not a redirect or token realm it
                     # named: the customer's own registry, not a failed probe.
-                    raise _Refused(ProbeResult(Visibility.INTERNAL, BLOCKED_ADDRESS)) from exc
+                    raise _Refused(
+                        ProbeResult(Visibility.INTERNAL, Reason.BLOCKED_ADDRESS)
+                    ) from exc
                 raise
-        raise _Refused(_unknown(BAD_RESPONSE))
+        raise _Refused(_unknown(Reason.BAD_RESPONSE))

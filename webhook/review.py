@@ -16,9 +16,11 @@ import orjson
 from webhook.podspec import is_mapping
 from webhook.policy import (
     MUTATED_OPERATIONS,
+    OPERATIONS,
     ORIGINAL_IMAGES_ANNOTATION,
     WARNING_MAX,
     Decision,
+    Operation,
     Request,
     original_images_annotation,
     originals_record,
@@ -63,7 +65,7 @@ class AdmissionReview(TypedDict):
 class AdmissionRequest(NamedTuple):
     uid: str
     kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
-    operation: str
+    operation: Operation | str  # an Operation, or the string an unknown client sent
     subresource: str
     namespace: str
     name: str
@@ -115,7 +117,8 @@ def parse(body: bytes | str) -> AdmissionRequest:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise ReviewError("request.uid is missing or empty")
-    operation = _field(request, "operation", str, "request") or ""
+    sent = _field(request, "operation", str, "request") or ""
+    operation = OPERATIONS.get(sent, sent)
     kind = _field(request, "kind", dict, "request") or {}
     obj = _field(request, "object", dict, "request")
     old = _field(request, "oldObject", dict, "request")

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 from cachetools import TLRUCache
 
 from webhook import registry
-from webhook.config import Settings, Visibility, VisibilitySettings
+from webhook.config import Settings, VisibilitySettings
 from webhook.images import ImageRef
 from webhook.policy import Repository
-from webhook.registry import ProbeResult
+from webhook.probes import ProbeResult, Reason, Visibility
 
 if TYPE_CHECKING:
     from webhook.metrics import Metrics
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 Probe = Callable[[str, str, str], Awaitable[ProbeResult]]
 
-OVERRIDE = "override"
-OVERLOADED = "overloaded"
-INTERNAL_ERROR = "internal-error"
 DEFAULT_JITTER = 0.1
 # Probes queued beyond this many per permitted concurrent probe are refused
 # (UNKNOWN, not cached): a flood of pods naming random registries must not grow
@@ -55,7 +52,7 @@ PENDING_PER_SLOT = 32
 @dataclass(frozen=True, slots=True)
 class Resolved:
     visibility: Visibility
-    reason: str
+    reason: Reason
     cached: bool
 
 
@@ -142,7 +139,7 @@ class VisibilityResolver:
         if self._settings.overrides:
             override = self._settings.override_for(f"{domain}/{path}")
             if override is not None:
-                return Resolved(override, OVERRIDE, cached=False)
+                return Resolved(override, Reason.OVERRIDE, cached=False)
         try:
             # one expiry check; .get() would check twice (__contains__, then __getitem__)
             entry = self._cache[(domain, path)]
@@ -160,7 +157,7 @@ class VisibilityResolver:
             return known
         task = self._probe_task(domain, path, reference)
         if task is None:
-            return Resolved(Visibility.UNKNOWN, OVERLOADED, cached=False)
+            return Resolved(Visibility.UNKNOWN, Reason.OVERLOADED, cached=False)
         return await asyncio.shield(task)
 
     async def resolve_all(
@@ -201,7 +198,7 @@ class VisibilityResolver:
                 continue
             task = self._probe_task(key[0], key[1], ref.reference)
             if task is None:
-                results[key] = Resolved(Visibility.UNKNOWN, OVERLOADED, cached=False)
+                results[key] = Resolved(Visibility.UNKNOWN, Reason.OVERLOADED, cached=False)
             elif task.done():
                 results[key] = task.result()
             else:
@@ -218,7 +215,7 @@ class VisibilityResolver:
                 results[key] = (
                     task.result()
                     if task in done
-                    else Resolved(Visibility.UNKNOWN, "deadline", cached=False)
+                    else Resolved(Visibility.UNKNOWN, Reason.DEADLINE, cached=False)
                 )
         return results
 
@@ -262,14 +259,14 @@ class VisibilityResolver:
                 self._max_concurrent,
                 self._queue_timeout,
             )
-            return Resolved(Visibility.UNKNOWN, OVERLOADED, cached=False)
+            return Resolved(Visibility.UNKNOWN, Reason.OVERLOADED, cached=False)
         try:
             started = time.perf_counter()
             try:
                 result = await self._probe(domain, path, reference)
             except Exception:  # the probe promises not to raise; be safe anyway
                 log.exception("visibility probe for %s/%s raised", domain, path)
-                result = ProbeResult(Visibility.UNKNOWN, INTERNAL_ERROR)
+                result = ProbeResult(Visibility.UNKNOWN, Reason.INTERNAL_ERROR)
             elapsed = time.perf_counter() - started
         finally:
             self._semaphore.release()

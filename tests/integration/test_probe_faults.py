@@ -21,9 +21,10 @@ import pytest
 from aiohttp import web
 
 from tests.loopback import serve_app
-from webhook.config import Visibility, VisibilitySettings
+from webhook.config import VisibilitySettings
 from webhook.images import parse
-from webhook.registry import ProbeResult, RegistryClient
+from webhook.probes import ProbeResult, Reason, Visibility
+from webhook.registry import RegistryClient
 from webhook.visibility import VisibilityResolver
 
 ClientFactory = Callable[..., Awaitable[RegistryClient]]
@@ -328,7 +329,7 @@ async def test_registry_that_never_answers_times_out(
     client = await make_client(insecure=[registry.domain], timeout=0.4)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "timeout")
+    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, Reason.TIMEOUT)
     assert loop.time() - started < 0.4 + SLACK
     # an admission with a deadline shorter than the probe timeout does not wait for it
     long_client = await make_client(insecure=[registry.domain], timeout=5.0)
@@ -339,7 +340,7 @@ async def test_token_realm_that_hangs_times_out(servers: Any, make_client: Clien
     realm = await servers(TokenRealm(delay=30))
     registry = await servers(BearerRegistry(realm.realm))
     client = await make_client(insecure=["127.0.0.1"], timeout=0.4)
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "timeout")
+    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, Reason.TIMEOUT)
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
 
@@ -352,7 +353,9 @@ async def test_erroring_registry_is_unknown(
 ) -> None:
     registry = await servers(ErroringRegistry(status))
     client = await make_client(insecure=[registry.domain])
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "server-error")
+    assert await probe(client, registry.image()) == ProbeResult(
+        Visibility.UNKNOWN, Reason.SERVER_ERROR
+    )
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
 
@@ -362,7 +365,7 @@ async def test_unavailable_registry_passes_on_retry_after(
     registry = await servers(ErroringRegistry(503, retry_after="17"))
     client = await make_client(insecure=[registry.domain])
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "server-error", 17.0
+        Visibility.UNKNOWN, Reason.SERVER_ERROR, 17.0
     )
 
 
@@ -379,7 +382,7 @@ async def test_rate_limiting_registry(
     registry = await servers(RateLimitingRegistry(retry_after))
     client = await make_client(insecure=[registry.domain])
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "rate-limited", expected
+        Visibility.UNKNOWN, Reason.RATE_LIMITED, expected
     )
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
@@ -428,7 +431,7 @@ async def test_resetting_registry_is_a_connection_error(
     registry = await servers(ResettingRegistry())
     client = await make_client(insecure=[registry.domain])
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "connection-error"
+        Visibility.UNKNOWN, Reason.CONNECTION_ERROR
     )
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
@@ -436,7 +439,9 @@ async def test_resetting_registry_is_a_connection_error(
 async def test_garbage_response_is_a_bad_response(servers: Any, make_client: ClientFactory) -> None:
     registry = await servers(GarbageResponseRegistry())
     client = await make_client(insecure=[registry.domain])
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "bad-response")
+    assert await probe(client, registry.image()) == ProbeResult(
+        Visibility.UNKNOWN, Reason.BAD_RESPONSE
+    )
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
 
@@ -447,7 +452,7 @@ async def test_registry_that_is_down_is_a_connection_error(make_client: ClientFa
     domain = f"127.0.0.1:{port}"
     client = await make_client(insecure=[domain])
     assert await probe(client, f"{domain}/team/app:v1") == ProbeResult(
-        Visibility.UNKNOWN, "connection-error"
+        Visibility.UNKNOWN, Reason.CONNECTION_ERROR
     )
     assert await admit(client, f"{domain}/team/app:v1") is Visibility.UNKNOWN
 
@@ -455,7 +460,7 @@ async def test_registry_that_is_down_is_a_connection_error(make_client: ClientFa
 async def test_unresolvable_registry_is_a_dns_error(make_client: ClientFactory) -> None:
     client = await make_client(timeout=2.0)
     result = await probe(client, "registry.does-not-exist.invalid/team/app:v1")
-    assert result == ProbeResult(Visibility.UNKNOWN, "dns-error")
+    assert result == ProbeResult(Visibility.UNKNOWN, Reason.DNS_ERROR)
 
 
 # --- WWW-Authenticate ------------------------------------------------------------------
@@ -486,7 +491,7 @@ async def test_garbage_challenge_registry(
 ) -> None:
     registry = await servers(GarbageChallengeRegistry(*challenges))
     client = await make_client(insecure=[registry.domain])
-    assert await probe(client, registry.image()) == ProbeResult(visibility, reason)
+    assert await probe(client, registry.image()) == ProbeResult(visibility, Reason(reason))
     assert await admit(client, registry.image()) is visibility
     assert client.token_requests == 0
 
@@ -515,7 +520,9 @@ async def test_bearer_challenge_variants_are_followed(
 
     registry = await servers(Registry())
     client = await make_client(insecure=["127.0.0.1"])
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.PUBLIC, "anonymous-ok")
+    assert await probe(client, registry.image()) == ProbeResult(
+        Visibility.PUBLIC, Reason.ANONYMOUS_OK
+    )
     query = realm.requests[0].query
     assert query["scope"] == "repository:team/app:pull"  # from the challenge or defaulted
     assert query.get("service") == "fake-registry"
@@ -543,7 +550,7 @@ async def test_token_realm_that_is_down(servers: Any, make_client: ClientFactory
     registry = await servers(BearerRegistry(f"http://127.0.0.1:{port}/token"))
     client = await make_client(insecure=["127.0.0.1"])
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "connection-error"
+        Visibility.UNKNOWN, Reason.CONNECTION_ERROR
     )
     assert await admit(client, registry.image()) is Visibility.UNKNOWN
 
@@ -553,7 +560,7 @@ async def test_token_realm_resetting_mid_response(servers: Any, make_client: Cli
     registry = await servers(BearerRegistry(realm.realm))
     client = await make_client(insecure=["127.0.0.1"])
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "connection-error"
+        Visibility.UNKNOWN, Reason.CONNECTION_ERROR
     )
 
 
@@ -585,7 +592,7 @@ async def test_token_realm_answers(
     realm = await servers(TokenRealm(body, status))
     registry = await servers(BearerRegistry(realm.realm))
     client = await make_client(insecure=["127.0.0.1"])
-    assert await probe(client, registry.image()) == ProbeResult(visibility, reason)
+    assert await probe(client, registry.image()) == ProbeResult(visibility, Reason(reason))
     assert await admit(client, registry.image()) is visibility
 
 
@@ -595,7 +602,9 @@ async def test_token_body_is_read_only_up_to_the_cap(
     realm = await servers(OversizedTokenRealm())
     registry = await servers(BearerRegistry(realm.realm))
     client = await make_client(insecure=["127.0.0.1"])
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "bad-response")
+    assert await probe(client, registry.image()) == ProbeResult(
+        Visibility.UNKNOWN, Reason.BAD_RESPONSE
+    )
 
 
 async def test_tokens_are_cached_until_expires_in(servers: Any, make_client: ClientFactory) -> None:
@@ -633,14 +642,14 @@ async def test_redirects_are_followed_up_to_three(servers: Any, make_client: Cli
     hop1 = await servers(RedirectingRegistry(f"{hop2.url}/v2/team/app/manifests/v1", 302))
     start = await servers(RedirectingRegistry(f"{hop1.url}/v2/team/app/manifests/v1", 301))
     client = await make_client(insecure=["127.0.0.1"])
-    assert await probe(client, start.image()) == ProbeResult(Visibility.PUBLIC, "anonymous-ok")
+    assert await probe(client, start.image()) == ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
     assert [r.method for r in final.requests] == ["HEAD"]
 
 
 async def test_redirect_loop_is_a_bad_response(servers: Any, make_client: ClientFactory) -> None:
     loop = await servers(RedirectingRegistry("{self.url}/v2/team/app/manifests/v1"))
     client = await make_client(insecure=["127.0.0.1"])
-    assert await probe(client, loop.image()) == ProbeResult(Visibility.UNKNOWN, "bad-response")
+    assert await probe(client, loop.image()) == ProbeResult(Visibility.UNKNOWN, Reason.BAD_RESPONSE)
     assert len(loop.requests) == 4  # the request and three redirects
 
 
@@ -653,14 +662,14 @@ async def test_redirect_into_a_blocked_address_is_refused(
     )
     client = await make_client(insecure=[registry.domain])  # only the registry is listed
     assert await probe(client, registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "blocked-address"
+        Visibility.UNKNOWN, Reason.BLOCKED_ADDRESS
     )
     plain = await servers(
         RedirectingRegistry(f"http://127.0.0.1:{target.port}/v2/team/app/manifests/v1")
     )
     client = await make_client(insecure=[plain.domain])
     assert await probe(client, plain.image()) == ProbeResult(
-        Visibility.UNKNOWN, "plain-http-refused"
+        Visibility.UNKNOWN, Reason.PLAIN_HTTP_REFUSED
     )
     assert target.requests == []
 
@@ -710,6 +719,8 @@ async def test_plain_http_only_for_listed_registries(
 ) -> None:
     registry = await servers(PublicRegistry())
     client = await make_client(allow_private=True)  # reachable, but not listed: HTTPS
-    assert await probe(client, registry.image()) == ProbeResult(Visibility.UNKNOWN, "tls-error")
+    assert await probe(client, registry.image()) == ProbeResult(
+        Visibility.UNKNOWN, Reason.TLS_ERROR
+    )
     client = await make_client(insecure=[registry.domain])
     assert (await probe(client, registry.image())).visibility is Visibility.PUBLIC

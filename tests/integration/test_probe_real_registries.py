@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.registries import ALL_MANIFESTS, Registry, TestCA, TokenServer
-from webhook.config import Visibility, VisibilitySettings
+from webhook.config import VisibilitySettings
 from webhook.images import parse
-from webhook.registry import ProbeResult, RegistryClient
+from webhook.probes import ProbeResult, Reason, Visibility
+from webhook.registry import RegistryClient
 from webhook.visibility import VisibilityResolver
 
 ClientFactory = Callable[..., Awaitable[RegistryClient]]
@@ -40,7 +41,7 @@ async def test_anonymous_registry_docker_v2_manifest_is_public(
 ) -> None:
     client = await make_client(insecure=[anonymous_registry.domain])
     assert await probe(client, anonymous_registry.image("team/app")) == ProbeResult(
-        Visibility.PUBLIC, "anonymous-ok"
+        Visibility.PUBLIC, Reason.ANONYMOUS_OK
     )
 
 
@@ -58,7 +59,7 @@ async def test_anonymous_registry_oci_index_is_public(
 
     client = await make_client(insecure=[anonymous_registry.domain])
     result = await probe(client, anonymous_registry.image("team/oci"))
-    assert result == ProbeResult(Visibility.PUBLIC, "anonymous-ok")
+    assert result == ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
     assert anonymous_registry.manifest_requests("team/oci", "v1")[-1].status == 200
 
 
@@ -77,7 +78,7 @@ async def test_anonymous_registry_missing_tag_is_not_found(
 ) -> None:
     client = await make_client(insecure=[anonymous_registry.domain])
     assert await probe(client, anonymous_registry.image("team/app", "nope")) == ProbeResult(
-        Visibility.PRIVATE, "not-found-anonymously"
+        Visibility.PRIVATE, Reason.NOT_FOUND
     )
 
 
@@ -87,7 +88,7 @@ async def test_htpasswd_registry_is_private(
     client = await make_client(insecure=[htpasswd_registry.domain])
     for repository in ("team/secret", "team/does-not-exist"):
         assert await probe(client, htpasswd_registry.image(repository)) == ProbeResult(
-            Visibility.PRIVATE, "auth-required"
+            Visibility.PRIVATE, Reason.AUTH_REQUIRED
         ), repository
 
 
@@ -98,13 +99,13 @@ async def test_token_registry_public_and_private(
     # listing the host covers both.
     client = await make_client(insecure=[token_registry.host])
     assert await probe(client, token_registry.image("public/app")) == ProbeResult(
-        Visibility.PUBLIC, "anonymous-ok"
+        Visibility.PUBLIC, Reason.ANONYMOUS_OK
     )
     assert await probe(client, token_registry.image("private/app")) == ProbeResult(
-        Visibility.PRIVATE, "auth-required"
+        Visibility.PRIVATE, Reason.AUTH_REQUIRED
     )
     assert await probe(client, token_registry.image("public/missing")) == ProbeResult(
-        Visibility.PRIVATE, "not-found-anonymously"
+        Visibility.PRIVATE, Reason.NOT_FOUND
     )
     anonymous = [r for r in token_server.requests if not r.user]
     assert [r.scopes for r in anonymous[-3:]] == [
@@ -146,7 +147,7 @@ async def test_token_refused_by_the_realm_is_private(
         with registry:
             client = await make_client(insecure=[ts.host])
             assert await probe(client, registry.image("private/app")) == ProbeResult(
-                Visibility.PRIVATE, "auth-required"
+                Visibility.PRIVATE, Reason.AUTH_REQUIRED
             )
             assert [r.user for r in ts.requests] == [""]
 
@@ -157,7 +158,7 @@ async def test_tls_registry_with_trusted_ca_is_public(
     # loopback: reachable only with allowPrivateNetworks; HTTPS because not listed as insecure
     client = await make_client(allow_private=True, ssl_context=test_ca.client_context())
     assert await probe(client, tls_registry.image("team/app")) == ProbeResult(
-        Visibility.PUBLIC, "anonymous-ok"
+        Visibility.PUBLIC, Reason.ANONYMOUS_OK
     )
 
 
@@ -166,7 +167,7 @@ async def test_tls_registry_with_untrusted_certificate_is_a_tls_error(
 ) -> None:
     client = await make_client(allow_private=True)  # system trust store only
     assert await probe(client, tls_registry.image("team/app")) == ProbeResult(
-        Visibility.UNKNOWN, "tls-error"
+        Visibility.UNKNOWN, Reason.TLS_ERROR
     )
 
 
@@ -176,7 +177,7 @@ async def test_https_to_a_plain_http_registry_is_a_tls_error(
     client = await make_client(allow_private=True)  # allowed, but not listed: HTTPS
     url_port = anonymous_registry.port
     image = f"{anonymous_registry.host}:{url_port}/team/app:v1"
-    assert await probe(client, image) == ProbeResult(Visibility.UNKNOWN, "tls-error")
+    assert await probe(client, image) == ProbeResult(Visibility.UNKNOWN, Reason.TLS_ERROR)
 
 
 # --- single flight ------------------------------------------------------------------
@@ -234,13 +235,13 @@ async def test_loopback_registry_is_not_probed_unless_allowed(
     for name in (image, image.replace("127.0.0.1", "localhost")):
         client = await make_client()
         # the registry itself is internal: not probed, and left alone by the policy
-        assert await probe(client, name) == ProbeResult(Visibility.INTERNAL, "blocked-address")
+        assert await probe(client, name) == ProbeResult(Visibility.INTERNAL, Reason.BLOCKED_ADDRESS)
     await asyncio.sleep(0.3)
     assert len(local_registry.requests()) == before, "the guard let a request through"
 
     # listed by the operator: allowed (over plain HTTP) even though it is loopback
     client = await make_client(insecure=[local_registry.domain])
-    assert await probe(client, image) == ProbeResult(Visibility.PUBLIC, "anonymous-ok")
+    assert await probe(client, image) == ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
     assert await wait_for_log_count(local_registry, before + 1) == before + 1
 
 
@@ -249,7 +250,7 @@ async def test_allow_private_networks_lets_a_loopback_tls_registry_through(
 ) -> None:
     blocked = await make_client(ssl_context=test_ca.client_context())
     assert await probe(blocked, tls_registry.image("team/app")) == ProbeResult(
-        Visibility.INTERNAL, "blocked-address"
+        Visibility.INTERNAL, Reason.BLOCKED_ADDRESS
     )
     allowed = await make_client(allow_private=True, ssl_context=test_ca.client_context())
     assert (await probe(allowed, tls_registry.image("team/app"))).visibility is Visibility.PUBLIC
@@ -307,7 +308,7 @@ async def test_token_realm_on_a_blocked_address_is_refused(
         ) as registry:
             client = await make_client(insecure=[registry.domain])
             assert await probe(client, registry.image("public/app")) == ProbeResult(
-                Visibility.UNKNOWN, reason
+                Visibility.UNKNOWN, Reason(reason)
             )
             status, headers, _ = registry.http(
                 "HEAD", "/v2/public/app/manifests/v1", authenticate=False

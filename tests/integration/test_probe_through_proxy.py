@@ -19,16 +19,16 @@ from tests.integration.test_probe_faults import (
     RedirectingRegistry,
 )
 from tests.integration.tinyproxy import TinyProxy
-from webhook.config import Visibility
 from webhook.egress import Egress
-from webhook.registry import ProbeResult, RegistryClient
+from webhook.probes import ProbeResult, Reason, Visibility
+from webhook.registry import RegistryClient
 
 ClientFactory = Callable[..., Awaitable[RegistryClient]]
 
-PUBLIC = ProbeResult(Visibility.PUBLIC, "anonymous-ok")
-INTERNAL = ProbeResult(Visibility.INTERNAL, "blocked-address")
-BLOCKED = ProbeResult(Visibility.UNKNOWN, "blocked-address")
-PROXY_ERROR = ProbeResult(Visibility.UNKNOWN, "proxy-error")
+PUBLIC = ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
+INTERNAL = ProbeResult(Visibility.INTERNAL, Reason.BLOCKED_ADDRESS)
+BLOCKED = ProbeResult(Visibility.UNKNOWN, Reason.BLOCKED_ADDRESS)
+PROXY_ERROR = ProbeResult(Visibility.UNKNOWN, Reason.PROXY_ERROR)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ async def test_a_plain_http_registry_is_probed_through_the_proxy(
     client = await make_client(insecure=[anonymous_registry.domain], egress=via(proxy.url))
     assert await client.probe(anonymous_registry.domain, "team/app", "v1") == PUBLIC
     missing = await client.probe(anonymous_registry.domain, "team/missing", "v1")
-    assert missing == ProbeResult(Visibility.PRIVATE, "not-found-anonymously")
+    assert missing == ProbeResult(Visibility.PRIVATE, Reason.NOT_FOUND)
     assert proxy.requests() == [
         f"HEAD {manifest(anonymous_registry, 'team/app')}",
         f"HEAD {manifest(anonymous_registry, 'team/missing')}",

@@ -35,11 +35,12 @@ from tests.integration.test_probe_faults import (
     PublicRegistry,
     RedirectingRegistry,
 )
-from webhook.config import ProbeSettings, Visibility
+from webhook.config import ProbeSettings
 from webhook.images import parse
-from webhook.registry import ProbeResult, RegistryClient, make_session
+from webhook.probes import ProbeResult, Reason, Visibility
+from webhook.registry import RegistryClient, make_session
 
-BLOCKED = ProbeResult(Visibility.UNKNOWN, "blocked-address")
+BLOCKED = ProbeResult(Visibility.UNKNOWN, Reason.BLOCKED_ADDRESS)
 
 
 class Listener:
@@ -199,7 +200,7 @@ async def test_a_registry_on_loopback_in_any_spelling_is_internal(
         result = await registry_client.probe(f"{host}:{world['v4'].port}", "team/app", "v1")
     finally:
         await session.close()
-    assert result == ProbeResult(Visibility.INTERNAL, "blocked-address")
+    assert result == ProbeResult(Visibility.INTERNAL, Reason.BLOCKED_ADDRESS)
 
 
 async def test_redirects_to_internal_addresses(world: dict[str, Any]) -> None:
@@ -246,7 +247,7 @@ async def test_insecure_entry_with_a_port_covers_that_port_only(world: dict[str,
         RedirectingRegistry(f"http://127.0.0.1:{elsewhere.port}/v2/team/app/manifests/v1")
     )
     assert await probe([registry.domain], registry.image()) == ProbeResult(
-        Visibility.UNKNOWN, "plain-http-refused"
+        Visibility.UNKNOWN, Reason.PLAIN_HTTP_REFUSED
     )
     https = await world["fake"](
         RedirectingRegistry(f"https://127.0.0.1:{elsewhere.port}/v2/team/app/manifests/v1")
@@ -263,7 +264,7 @@ async def test_token_realm_answering_with_a_redirect_loop_is_bounded(
     realm = await world["fake"](RedirectingRegistry("{self.url}/token"))
     registry = await world["fake"](BearerRegistry(f"http://{realm.domain}/token"))
     result = await probe([registry.domain, realm.domain], registry.image())
-    assert result == ProbeResult(Visibility.UNKNOWN, "bad-response")
+    assert result == ProbeResult(Visibility.UNKNOWN, Reason.BAD_RESPONSE)
     assert len(realm.requests) == 4  # the request and three redirects
 
 

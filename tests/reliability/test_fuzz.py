@@ -48,9 +48,9 @@ from hypothesis import strategies as st
 from tests.reliability.harness import require
 from webhook import config
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.images import ImageRef, InvalidImageError, parse
 from webhook.policy import Repository
+from webhook.probes import Visibility
 from webhook.server import MAX_BODY_BYTES, webhook_app
 
 kubernetes_validate = require("kubernetes_validate", "kubernetes-validate")

@@ -18,8 +18,8 @@ import pytest
 from tests.reviews import ONLINE_CONFIG, StaticResolver, pod, review
 from webhook import config, logs
 from webhook.admission import Admitter, Endpoint
-from webhook.config import Visibility
 from webhook.metrics import Metrics
+from webhook.probes import Visibility
 
 PROXY = "proxy.replicated.com/proxy/my-app"
 TABLE = {("quay.io", "private-org/api"): Visibility.PRIVATE}

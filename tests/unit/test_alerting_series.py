@@ -24,10 +24,10 @@ from tests.integration.registries import free_port
 from tests.reviews import pod, review
 from webhook import config, pki, tls
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
 from webhook.policy import Repository
+from webhook.probes import Visibility
 from webhook.pullsecrets import PullSecrets, read_credentials
 from webhook.server import MAX_BODY_BYTES, webhook_app
 

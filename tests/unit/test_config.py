@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from webhook import config
-from webhook.config import ConfigError, Mode, OnProbeFailure, Visibility
+from webhook.config import ConfigError, Mode, OnProbeFailure
+from webhook.probes import Visibility
 
 MINIMAL: dict[str, Any] = {"appSlug": "my-app", "licenseID": "lic"}
 

@@ -1,6 +1,6 @@
 """docs/design.md and the other documents stand on their own inside the repo.
 
-- every key the config parser accepts is described in §4;
+- every key the config parser accepts is described in §4, every probe reason in §2;
 - every `docs/design.md §n` citation in code, chart and tests names a section
   that exists;
 - every relative link in a Markdown file resolves to a file of the repo, and no
@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from webhook import config
+from webhook.probes import Reason
 
 REPO = Path(__file__).resolve().parents[2]
 DESIGN = REPO / "docs" / "design.md"
@@ -70,6 +71,13 @@ def test_every_config_key_is_described_in_section_4() -> None:
     assert "server.shutdownTimeoutSeconds" in keys and "visibility.cacheSize" in keys
     missing = [key for key in keys if f"`{key}`" not in configuration]
     assert missing == [], f"describe these config keys in docs/design.md §4: {missing}"
+
+
+def test_every_probe_reason_is_in_section_2s_table() -> None:
+    probe = section(DESIGN.read_text(encoding="utf-8"), 2)
+    table = "\n".join(line for line in probe.splitlines() if line.startswith("|"))
+    listed = set(re.findall(r"`([a-z-]+)`", table))
+    assert {reason.value for reason in Reason} <= listed
 
 
 def test_section_citations_name_existing_sections() -> None:

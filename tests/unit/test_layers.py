@@ -29,7 +29,7 @@ Layers = Sequence[tuple[str, tuple[str, ...]]]
 
 # From the inside out; "__init__" is the package itself.
 LAYERS: Layers = (
-    ("core", ("__init__", "config", "images", "podspec", "policy", "review")),
+    ("core", ("__init__", "config", "images", "podspec", "policy", "probes", "review")),
     ("infrastructure", ("logs", "metrics", "pki")),
     (
         "edges",

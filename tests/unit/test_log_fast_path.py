@@ -29,7 +29,7 @@ import pytest
 from tests.reviews import ONLINE_CONFIG, StaticResolver, pod, review
 from webhook import config, logs
 from webhook.admission import Admitter, Endpoint
-from webhook.config import Visibility
+from webhook.probes import Visibility
 
 TABLE = {("quay.io", "private-org/api"): Visibility.PRIVATE}
 ADMISSION_LOGGER = logging.getLogger("webhook.admission")

@@ -24,10 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.reviews import pod, review
 from webhook import config, pki, tls
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.metrics import CONTENT_TYPE, Metrics
+from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.pullsecrets import Credentials, PullSecrets
-from webhook.registry import ProbeResult
 from webhook.server import Health, health_app, webhook_app
 from webhook.visibility import VisibilityResolver
 
@@ -41,9 +40,9 @@ FLAKY = "quay.io/acme/flaky:1"  # times out: unknown / timeout (proxied by defau
 
 
 ANSWERS = {
-    "acme/private": ProbeResult(Visibility.PRIVATE, "auth-required"),
-    "acme/public": ProbeResult(Visibility.PUBLIC, "anonymous-ok"),
-    "acme/flaky": ProbeResult(Visibility.UNKNOWN, "timeout"),
+    "acme/private": ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED),
+    "acme/public": ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK),
+    "acme/flaky": ProbeResult(Visibility.UNKNOWN, Reason.TIMEOUT),
 }
 
 

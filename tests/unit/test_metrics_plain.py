@@ -27,9 +27,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from tests.reviews import pod, review
 from webhook import config
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.metrics import Metrics, PlainCounter, PlainHistogram
-from webhook.registry import ProbeResult
+from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.visibility import VisibilityResolver
 
 SETTINGS = config.parse({"appSlug": "my-app", "licenseID": "lic", "namespaces": ["my-app"]})
@@ -84,8 +83,8 @@ def plain_series(metrics: Metrics) -> CollectorRegistry:
 
 async def probe(domain: str, path: str, reference: str) -> ProbeResult:
     if path == "acme/private":
-        return ProbeResult(Visibility.PRIVATE, "auth-required")
-    return ProbeResult(Visibility.PUBLIC, "anonymous-ok")
+        return ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
+    return ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
 
 
 def scripted_durations(monkeypatch: pytest.MonkeyPatch) -> None:

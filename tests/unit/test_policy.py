@@ -20,7 +20,8 @@ from tests.reviews import (
 )
 from webhook import config, policy
 from webhook import review as wire
-from webhook.config import Settings, Visibility
+from webhook.config import Settings
+from webhook.probes import Visibility
 
 D = "sha256:" + "ab" * 32
 PROXY = "proxy.replicated.com/proxy/my-app"

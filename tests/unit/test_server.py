@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestServer
 from tests.reviews import StaticResolver, apply, images_of, pod, review
 from webhook import config, pki, tls
 from webhook.admission import Admitter
-from webhook.config import Visibility
 from webhook.images import ImageRef
 from webhook.metrics import Metrics
 from webhook.policy import Repository
+from webhook.probes import Visibility
 from webhook.server import MAX_BODY_BYTES, Health, health_app, webhook_app
 
 PROXY = "proxy.replicated.com/proxy/my-app"

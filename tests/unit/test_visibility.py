@@ -8,14 +8,14 @@ from collections.abc import Callable
 
 import pytest
 
-from webhook.config import Override, Visibility, VisibilitySettings
+from webhook.config import Override, VisibilitySettings
 from webhook.images import ImageRef, parse
-from webhook.registry import ProbeResult
+from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.visibility import Resolved, VisibilityResolver
 
-PUBLIC = ProbeResult(Visibility.PUBLIC, "anonymous-ok")
-PRIVATE = ProbeResult(Visibility.PRIVATE, "auth-required")
-DOWN = ProbeResult(Visibility.UNKNOWN, "server-error")
+PUBLIC = ProbeResult(Visibility.PUBLIC, Reason.ANONYMOUS_OK)
+PRIVATE = ProbeResult(Visibility.PRIVATE, Reason.AUTH_REQUIRED)
+DOWN = ProbeResult(Visibility.UNKNOWN, Reason.SERVER_ERROR)
 
 
 class FakeClock:
@@ -108,7 +108,7 @@ async def test_overrides_come_first_and_are_never_probed() -> None:
         ),
     )
     assert await r.resolve("quay.io", "my-org/api", "v1") == Resolved(
-        Visibility.PRIVATE, "override", cached=False
+        Visibility.PRIVATE, Reason.OVERRIDE, cached=False
     )
     assert (await r.resolve("quay.io", "other/api", "v1")).visibility is Visibility.PUBLIC
     assert probe.calls == {}
@@ -123,10 +123,10 @@ async def test_positive_results_live_ttl_seconds() -> None:
     probe = ScriptedProbe(PRIVATE)
     r = resolver(probe, clock=clock, ttl_seconds=100.0)
     first = await r.resolve("quay.io", "org/app", "v1")
-    assert first == Resolved(Visibility.PRIVATE, "auth-required", cached=False)
+    assert first == Resolved(Visibility.PRIVATE, Reason.AUTH_REQUIRED, cached=False)
     clock.advance(99.0)
     assert await r.resolve("quay.io", "org/app", "v2") == Resolved(
-        Visibility.PRIVATE, "auth-required", cached=True
+        Visibility.PRIVATE, Reason.AUTH_REQUIRED, cached=True
     )
     assert probe.calls[("quay.io", "org/app")] == 1
     clock.advance(1.5)
@@ -160,18 +160,18 @@ async def test_retry_after_sets_the_ttl_of_an_unknown_result(
     retry_after: float, cached_for: float
 ) -> None:
     clock = FakeClock()
-    probe = ScriptedProbe(ProbeResult(Visibility.UNKNOWN, "rate-limited", retry_after))
+    probe = ScriptedProbe(ProbeResult(Visibility.UNKNOWN, Reason.RATE_LIMITED, retry_after))
     r = resolver(probe, clock=clock, failure_ttl_seconds=30.0, ttl_seconds=3600.0)
     await r.resolve("docker.io", "library/nginx", "latest")
     clock.advance(cached_for - 0.5)
     hit = await r.resolve("docker.io", "library/nginx", "latest")
-    assert hit == Resolved(Visibility.UNKNOWN, "rate-limited", cached=True)
+    assert hit == Resolved(Visibility.UNKNOWN, Reason.RATE_LIMITED, cached=True)
     clock.advance(1.0)
     assert (await r.resolve("docker.io", "library/nginx", "latest")).cached is False
 
 
 async def test_retry_after_zero_is_not_cached() -> None:
-    probe = ScriptedProbe(ProbeResult(Visibility.UNKNOWN, "rate-limited", 0.0))
+    probe = ScriptedProbe(ProbeResult(Visibility.UNKNOWN, Reason.RATE_LIMITED, 0.0))
     r = resolver(probe)
     await r.resolve("docker.io", "library/nginx", "latest")
     await r.resolve("docker.io", "library/nginx", "latest")
@@ -256,7 +256,7 @@ async def test_deadline_answers_unknown_and_the_probe_fills_the_cache_later() ->
     await asyncio.sleep(0.01)
     assert r.in_flight == 0
     assert await r.resolve("quay.io", "org/slow", "v1") == Resolved(
-        Visibility.PRIVATE, "auth-required", cached=True
+        Visibility.PRIVATE, Reason.AUTH_REQUIRED, cached=True
     )
     assert probe.calls == 1
 
@@ -291,8 +291,8 @@ async def test_mixed_cached_and_new_repositories() -> None:
     await r.resolve("quay.io", "pub/app", "v1")
     result = await r.resolve_many(wanted("quay.io/pub/app:v1", "quay.io/priv/app:v1"), 1.0)
     assert result == {
-        ("quay.io", "pub/app"): Resolved(Visibility.PUBLIC, "anonymous-ok", cached=True),
-        ("quay.io", "priv/app"): Resolved(Visibility.PRIVATE, "auth-required", cached=False),
+        ("quay.io", "pub/app"): Resolved(Visibility.PUBLIC, Reason.ANONYMOUS_OK, cached=True),
+        ("quay.io", "priv/app"): Resolved(Visibility.PRIVATE, Reason.AUTH_REQUIRED, cached=False),
     }
 
 
@@ -302,7 +302,7 @@ async def test_a_probe_that_raises_is_unknown() -> None:
 
     r = resolver(broken)
     assert await r.resolve("quay.io", "org/app", "v1") == Resolved(
-        Visibility.UNKNOWN, "internal-error", cached=False
+        Visibility.UNKNOWN, Reason.INTERNAL_ERROR, cached=False
     )
 
 
