@@ -38,6 +38,9 @@ ENSURED_TTL_SECONDS = 300.0
 API_TIMEOUT_SECONDS = 5.0
 RECONCILE_INTERVAL_SECONDS = 300.0
 CREDENTIALS_POLL_SECONDS = 10.0
+# The user name sent with the license ID as password (docs/design.md §3): the
+# license ID is a credential, and a user name is logged where a password is not.
+LICENSE_USER = "LICENSE_ID"
 
 
 class CredentialsError(RuntimeError):
@@ -78,11 +81,10 @@ def read_credentials(settings: Settings) -> Credentials:
         password = _read(a.password_file, "air-gap registry password") if a.password_file else ""
         return Credentials(((a.registry, a.username, password),))
     license_id = settings.license_id or _read(settings.license_id_file, "license ID")
-    # The proxy takes the license ID as both user name and password (docs/design.md §3).
     return Credentials(
         (
-            (settings.proxy_domain, license_id, license_id),
-            (settings.registry_domain, license_id, license_id),
+            (settings.proxy_domain, LICENSE_USER, license_id),
+            (settings.registry_domain, LICENSE_USER, license_id),
         )
     )
 

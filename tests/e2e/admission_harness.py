@@ -378,8 +378,8 @@ def expected_dockerconfig(auths: Mapping[str, tuple[str, str]]) -> dict[str, Any
 
 
 def license_dockerconfig(license_id: str, *registries: str) -> dict[str, Any]:
-    """docs/design.md §3, online: the license ID is the user name and the password."""
-    return expected_dockerconfig({registry: (license_id, license_id) for registry in registries})
+    """docs/design.md §3, online: the user ``LICENSE_ID``, the license ID as password."""
+    return expected_dockerconfig({registry: ("LICENSE_ID", license_id) for registry in registries})
 
 
 # --- faulty Kubernetes APIs ------------------------------------------------------------

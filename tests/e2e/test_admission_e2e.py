@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import watch
 
 from tests.e2e.admission_harness import (
     PROBE_OVERRIDE,
@@ -532,14 +533,21 @@ def license_registries(
 ) -> Iterator[dict[str, Any]]:
     """Stand-ins for the vendor's proxy and registry: each checks the license as they do.
 
-    A distribution registry whose htpasswd holds the license ID as user name and as
-    password (docs/design.md §3), on port 80 of its own loopback address, so that
-    its host is a proxy domain with no port. The proxy holds the private upstream
-    image at ``proxy/my-app/<upstream>/<path>``; the vendor registry an image of its own.
+    The proxy checks the password: it must be the license ID. The user may be
+    ``LICENSE_ID`` (docs/design.md §3) or, for installs from before KOTS changed
+    it, the license ID itself. A distribution registry whose htpasswd holds both
+    users, each with the license ID as password, accepts exactly that. Each is on
+    port 80 of its own loopback address, so that its host is a proxy domain with no
+    port, and logs at debug level, where every authorized request names its user.
+    The proxy holds the private upstream image at ``proxy/my-app/<upstream>/<path>``;
+    the vendor registry an image of its own (both pushed as ``LICENSE_ID``).
     """
     private: Registry = registries["private"]
-    proxy = Registry(tmp_path_factory.mktemp("proxy"), auth="htpasswd", users={LICENSE: LICENSE})
-    vendor = Registry(tmp_path_factory.mktemp("vendor"), auth="htpasswd", users={LICENSE: LICENSE})
+    users = {"LICENSE_ID": LICENSE, LICENSE: LICENSE}
+    proxy, vendor = (
+        Registry(tmp_path_factory.mktemp(name), auth="htpasswd", users=users, log_level="debug")
+        for name in ("proxy", "vendor")
+    )
     with proxy, vendor:
         proxied = f"proxy/my-app/{private.domain}/team/secret"
         yield {
@@ -604,13 +612,29 @@ async def test_the_secret_the_webhook_writes_pulls_from_a_license_checking_proxy
         "app": digest,
         "api": license_registries["vendor_digest"],
     }
+    # The user is LICENSE_ID and the license ID the password, for both hosts.
+    assert {
+        host: base64.b64decode(entry["auth"]).decode()
+        for host, entry in dockerconfig["auths"].items()
+    } == {proxy.domain: f"LICENSE_ID:{LICENSE}", vendor.domain: f"LICENSE_ID:{LICENSE}"}
     for container, image in images_of(stored).items():
         auth = kubelet_credentials(image, dockerconfig)
         assert auth is not None, (image, sorted(dockerconfig["auths"]))
         assert kubelet_pull(hosts, image, auth) == (200, expected[container]), image
-        # Another license is refused, as the vendor's proxy refuses it.
-        wrong = _b64(b"2ViYxYAm4hPq3cZSZYKqzr2QwQy:2ViYxYAm4hPq3cZSZYKqzr2QwQy")
+        # Another license as the password is refused, as the vendor's proxy refuses it.
+        wrong = _b64(b"LICENSE_ID:2ViYxYAm4hPq3cZSZYKqzr2QwQy")
         assert kubelet_pull(hosts, image, wrong) == (401, ""), image
+
+    # No request the webhook made (its probes) and none made with what it wrote
+    # (the pulls) named the license ID as a user; the logs do name users.
+    public: Registry = registries["public"]
+    logged = [registry.user_names() for registry in (proxy, vendor, private, public)]
+    assert all(LICENSE not in names for names in logged), logged
+    assert "LICENSE_ID" in logged[0] and "LICENSE_ID" in logged[1], logged
+    # The stand-ins accept what the proxy accepts from installs before the change.
+    old_style = _b64(f"{LICENSE}:{LICENSE}".encode())
+    assert kubelet_pull(hosts, f"{proxied}:v1", old_style) == (200, digest)
+    assert LICENSE in proxy.user_names()  # which the search above would have found
 
 
 # --- air gap --------------------------------------------------------------------
@@ -718,7 +742,12 @@ async def test_airgap_without_registry_credentials_adds_no_pull_secret(
 # --- the pull secret: stale content, license change --------------------------------
 
 
-@pytest.mark.parametrize("stale", ["old-license", "opaque"])
+def license_as_user_dockerconfig() -> dict[str, Any]:
+    """What earlier versions wrote: the license ID as user name as well as password."""
+    return expected_dockerconfig({PROXY: (LICENSE, LICENSE), VENDOR: (LICENSE, LICENSE)})
+
+
+@pytest.mark.parametrize("stale", ["old-license", "license-as-user", "opaque"])
 async def test_stale_pull_secret_is_replaced_before_the_pod_is_admitted(
     kube_apiserver: KubeAPIServer,
     api: k8s.ApiClient,
@@ -728,11 +757,18 @@ async def test_stale_pull_secret_is_replaced_before_the_pod_is_admitted(
     tag: str,
     stale: str,
 ) -> None:
-    """A secret of that name with an older license, or of another type, is brought current."""
+    """A stale secret of that name is brought current.
+
+    Stale: another license, the license ID as user (what earlier versions wrote),
+    or another type.
+    """
     app = f"app-{tag}"
     await namespaces(kube_apiserver, tag, app)
     if stale == "old-license":
         old_content = json.dumps(online_secret("old-license")).encode()
+        existing = {"type": SECRET_TYPE, "data": {".dockerconfigjson": _b64(old_content)}}
+    elif stale == "license-as-user":
+        old_content = json.dumps(license_as_user_dockerconfig()).encode()
         existing = {"type": SECRET_TYPE, "data": {".dockerconfigjson": _b64(old_content)}}
     else:  # `type` is immutable: this one cannot simply be replaced
         existing = {"type": "Opaque", "data": {"token": _b64(b"left over")}}
@@ -752,7 +788,7 @@ async def test_stale_pull_secret_is_replaced_before_the_pod_is_admitted(
         assert list(secret["data"]) == [".dockerconfigjson"]
         assert dockerconfig_of(secret) == online_secret()
         same_object = secret["metadata"]["uid"] == before["metadata"]["uid"]
-        assert same_object is (stale == "old-license")  # updated in place, else recreated
+        assert same_object is (stale != "opaque")  # updated in place, else recreated
 
 
 def _b64(data: bytes) -> str:
@@ -838,8 +874,99 @@ async def test_service_keeps_the_secret_current_across_a_license_change(
     # Logged instead: the stale secret replaced at start, then both after the change.
     assert logged.count(f"updated pull secret {SECRET} in ") == 3, logged
     for license_id in ("license-one", "license-two"):
-        auth = _b64(f"{license_id}:{license_id}".encode())
+        auth = _b64(f"LICENSE_ID:{license_id}".encode())
         assert license_id not in logged and auth not in logged
+
+
+async def secret_events(
+    api: k8s.ApiClient, namespace: str, since: str, until: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, uid, decoded .dockerconfigjson) of each change to the pull secret.
+
+    From the API server's own history: a watch from resourceVersion ``since``,
+    read up to the event at ``until``.
+    """
+    events = []
+    core = k8s.CoreV1Api(api)
+    async with asyncio.timeout(30), watch.Watch() as w:
+        async for event in w.stream(
+            core.list_namespaced_secret,
+            namespace,
+            field_selector=f"metadata.name={SECRET}",
+            resource_version=since,
+            timeout_seconds=25,
+        ):
+            secret = event["raw_object"]
+            events.append((event["type"], secret["metadata"]["uid"], dockerconfig_of(secret)))
+            if secret["metadata"]["resourceVersion"] == until:
+                break
+    return events
+
+
+async def test_upgrade_rewrites_an_earlier_versions_secret_in_place(
+    kube_apiserver: KubeAPIServer,
+    api: k8s.ApiClient,
+    registries: dict[str, Any],
+    certs: pki.CertPaths,
+    tag: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cluster holding the secret an earlier version wrote (the license ID as user).
+
+    The new version, started as ``serve`` starts it, rewrites that secret in every
+    covered namespace without a Pod being created: the same object, updated in
+    place, so the namespace holds a secret at every moment.
+    """
+    app, extra = f"app-{tag}", f"extra-{tag}"
+    await namespaces(kube_apiserver, tag, app, extra)
+    earlier = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": SECRET,
+            "labels": {"app.kubernetes.io/managed-by": "image-proxy-webhook"},
+        },
+        "type": SECRET_TYPE,
+        "data": {".dockerconfigjson": _b64(json.dumps(license_as_user_dockerconfig()).encode())},
+    }
+    before = {
+        namespace: (
+            await call(api, "POST", f"/api/v1/namespaces/{namespace}/secrets", earlier)
+        ).ok()
+        for namespace in (app, extra)
+    }
+    monkeypatch.setenv("KUBECONFIG", str(kube_apiserver.kubeconfig_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    async def rewritten() -> bool:
+        for namespace in (app, extra):
+            answer = await read_secret(api, namespace, SECRET)
+            if dockerconfig_of(answer.ok()) != online_secret():
+                return False
+        return True
+
+    async with (
+        run_webhook(online_settings(registries, [app, extra]), certs) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await eventually(rewritten, what="the earlier version's secrets rewritten")
+        await wait_until_mutating(api, app)
+        answer = await create_pod(api, app, pod("after", {"a": "quay.io/my-org/a:1"}))
+        assert answer.status == 201 and answer.warnings == [], answer.body
+        assert (await read_pod(api, app, "after"))["spec"]["imagePullSecrets"] == [{"name": SECRET}]
+
+    for namespace in (app, extra):
+        old = before[namespace]["metadata"]
+        now = (await read_secret(api, namespace, SECRET)).ok()
+        assert now["metadata"]["uid"] == old["uid"]
+        assert int(now["metadata"]["resourceVersion"]) > int(old["resourceVersion"])
+        assert now["type"] == SECRET_TYPE and list(now["data"]) == [".dockerconfigjson"]
+        # Every change since: a modification of that object to the new content.
+        # A delete, or a create of another object, would be a moment without one.
+        events = await secret_events(
+            api, namespace, old["resourceVersion"], now["metadata"]["resourceVersion"]
+        )
+        assert events == [("MODIFIED", old["uid"], online_secret())], events
 
 
 async def test_reconcile_after_license_change_rewrites_every_namespace(

@@ -7,7 +7,8 @@ them; ``tests/integration/conftest.py`` wraps them in thin pytest fixtures.
   htpasswd (Basic) or token auth, plain HTTP or TLS. Bound to port 80 (or 443
   with TLS) of its own loopback address when running as root, so images can be
   named without a port (``127.77.3.9/team/app:v1``); elsewhere on a free port.
-  :meth:`Registry.requests` reads the registry's own access log.
+  :meth:`Registry.requests` reads the registry's own access log,
+  :meth:`Registry.user_names` the user names its log lines name.
 - :class:`TokenServer`: a Docker-style token endpoint (aiohttp, in a thread of
   its own) issuing RS256 JWTs with an ``x5c`` header; anonymous callers get
   ``pull`` only on the repositories matching ``public``.
@@ -412,6 +413,13 @@ _ACCESS_LINE = re.compile(
 )
 
 
+# logrus quotes a field value only when it holds other than [A-Za-z0-9-._/@^+].
+_USER_NAME = re.compile(
+    r'auth\.user\.name=(?:"((?:[^"\\]|\\.)*)"|([^\s"]+))'
+    r'|error authenticating user \\"((?:[^"\\]|\\.)*?)\\"'
+)
+
+
 @dataclass(frozen=True)
 class AccessLogEntry:
     method: str
@@ -438,6 +446,8 @@ class Registry:
     ``tls``: a TestCA to serve HTTPS with a certificate it issues.
     ``host``/``port``: default to a loopback address of its own on port 80
     (443 with TLS) when running as root, else 127.0.0.1 and a free port.
+    ``log_level``: "debug" names the user of every authorized request in the
+    log; at "info" only refused and failed requests name one.
     """
 
     directory: Path
@@ -450,6 +460,7 @@ class Registry:
     realm: str = "test-registry"
     token_realm: str = ""  # overrides the token server's realm URL in the challenge
     binary: str | None = None
+    log_level: str = "info"
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _client_ssl: ssl.SSLContext | None = field(default=None, init=False, repr=False)
 
@@ -501,7 +512,7 @@ class Registry:
         storage.mkdir(parents=True, exist_ok=True)
         lines = [
             "version: 0.1",
-            "log: {level: info, formatter: text, accesslog: {disabled: false}}",
+            f"log: {{level: {self.log_level}, formatter: text, accesslog: {{disabled: false}}}}",
             f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}",
         ]
         http = f"addr: '{self.host}:{self.port}', secret: {uuid.uuid4().hex}"
@@ -602,6 +613,22 @@ class Registry:
             if match:
                 entries.append(AccessLogEntry(match["method"], match["uri"], int(match["status"])))
         return entries
+
+    def user_names(self) -> set[str]:
+        """Every user name the registry's log names: authorized, refused or failed.
+
+        Distribution's text log carries an authenticated request's user as the
+        field ``auth.user.name`` and a refused one in the message ``error
+        authenticating user "<name>"``.
+        """
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return set()
+        return {
+            next(group for group in match.groups() if group is not None)
+            for match in _USER_NAME.finditer(text)
+        }
 
     def manifest_requests(
         self, repository: str, reference: str | None = None

@@ -83,7 +83,7 @@ def aligned_b64(text: str) -> set[str]:
 
 def needles() -> set[str]:
     """The license and each encoding of it the pull secret carries (two levels)."""
-    level1 = {LICENSE} | aligned_b64(LICENSE) | aligned_b64(f"{LICENSE}:{LICENSE}")
+    level1 = {LICENSE} | aligned_b64(LICENSE) | aligned_b64(f"LICENSE_ID:{LICENSE}")
     level2 = {n for piece in level1 for n in aligned_b64(piece)}
     return level1 | level2
 

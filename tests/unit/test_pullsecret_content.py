@@ -22,7 +22,8 @@ def decoded_auths(settings: Settings) -> dict[str, str]:
     }
 
 
-def test_online_the_license_id_is_user_and_password_for_proxy_and_registry() -> None:
+def test_online_the_user_is_license_id_and_the_password_the_license_for_both() -> None:
+    """As KOTS writes it: the literal user ``LICENSE_ID``, the license ID as password."""
     settings = Settings(
         app_slug="my-app",
         license_id=LICENSE,
@@ -30,8 +31,8 @@ def test_online_the_license_id_is_user_and_password_for_proxy_and_registry() -> 
         registry_domain="registry.vendor.example",
     )
     assert decoded_auths(settings) == {
-        "images.vendor.example": f"{LICENSE}:{LICENSE}",
-        "registry.vendor.example": f"{LICENSE}:{LICENSE}",
+        "images.vendor.example": f"LICENSE_ID:{LICENSE}",
+        "registry.vendor.example": f"LICENSE_ID:{LICENSE}",
     }
 
 
@@ -40,8 +41,8 @@ def test_online_license_read_from_its_file(tmp_path: Path) -> None:
     license_file.write_text(f"{LICENSE}\n")
     settings = Settings(app_slug="my-app", license_id_file=str(license_file))
     assert decoded_auths(settings) == {
-        "proxy.replicated.com": f"{LICENSE}:{LICENSE}",
-        "registry.replicated.com": f"{LICENSE}:{LICENSE}",
+        "proxy.replicated.com": f"LICENSE_ID:{LICENSE}",
+        "registry.replicated.com": f"LICENSE_ID:{LICENSE}",
     }
 
 
@@ -60,3 +61,21 @@ def test_airgap_keeps_the_local_registry_user_and_password(tmp_path: Path) -> No
         ),
     )
     assert decoded_auths(settings) == {"registry.local:5000": "kotsadm:s3cret"}
+
+
+def test_each_entry_carries_auth_alone() -> None:
+    """No ``username``/``password`` fields beside ``auth``: KOTS writes ``auth`` only."""
+    settings = Settings(app_slug="my-app", license_id=LICENSE)
+    body = pullsecrets.secret_body(settings, pullsecrets.read_credentials(settings))
+    config = json.loads(base64.b64decode(body["data"][pullsecrets.SECRET_KEY]))
+    assert list(config) == ["auths"]
+    assert [sorted(entry) for entry in config["auths"].values()] == [["auth"], ["auth"]]
+
+
+def test_the_license_id_is_no_user_name() -> None:
+    """Whatever the license ID looks like, it is only ever the part after the first ``:``."""
+    for license_id in (LICENSE, "LICENSE_ID", "a:b", "x" * 200):
+        settings = Settings(app_slug="my-app", license_id=license_id)
+        for auth in decoded_auths(settings).values():
+            user, _, password = auth.partition(":")
+            assert (user, password) == ("LICENSE_ID", license_id)
