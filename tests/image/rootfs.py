@@ -135,22 +135,30 @@ def unpack(archive_path: Path, dest: Path) -> ImageConfig:
 
 
 # Runs in a mount namespace of its own (unshare), as root until chroot drops to the
-# image's user. Arguments: ROOTFS USER, then SOURCE TARGET ro|rw triples, "--", argv.
+# image's user. Arguments: MOUNT CHROOT (the host's tools: the environment is the
+# image's), ROOTFS USER, then SOURCE TARGET ro|rw triples, "--", argv.
 _RUN = r"""
 set -eu
-root=$1; user=$2; shift 2
-mount --bind "$root" "$root"
-mount -t proc proc "$root/proc"
-mount --rbind /dev "$root/dev"
+mount=$1; chroot=$2; root=$3; user=$4; shift 4
+"$mount" --bind "$root" "$root"
+"$mount" -t proc proc "$root/proc"
+"$mount" --rbind /dev "$root/dev"
 while [ "$1" != -- ]; do
-    mount --bind "$1" "$root$2"
-    if [ "$3" = ro ]; then mount -o remount,bind,ro "$root$2"; fi
+    "$mount" --bind "$1" "$root$2"
+    if [ "$3" = ro ]; then "$mount" -o remount,bind,ro "$root$2"; fi
     shift 3
 done
 shift
-mount -o remount,bind,ro "$root"
-exec chroot --userspec="$user" "$root" "$@"
+"$mount" -o remount,bind,ro "$root"
+exec "$chroot" --userspec="$user" "$root" "$@"
 """
+
+
+def _host_tool(name: str) -> str:
+    found = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed")
+    return found
 
 
 def command(rootfs: Path, config: ImageConfig, argv: list[str], mounts: list[Mount]) -> list[str]:
@@ -159,8 +167,9 @@ def command(rootfs: Path, config: ImageConfig, argv: list[str], mounts: list[Mou
     Mount points are created in ``rootfs`` first, as a runtime does before it
     makes the root read-only. Run it with :func:`environment`'s variables.
     """
-    args = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _RUN]
-    args += ["run-in-image", str(rootfs), config.user or "0:0"]
+    args = [_host_tool("unshare"), "--mount", "--propagation", "private", "--"]
+    args += ["/bin/sh", "-c", _RUN, "run-in-image", _host_tool("mount"), _host_tool("chroot")]
+    args += [str(rootfs), config.user or "0:0"]
     for mount in mounts:
         target = rootfs / mount.target.lstrip("/")
         if mount.source.is_dir():
