@@ -28,6 +28,7 @@ from aiohttp import hdrs, web
 from webhook import review
 from webhook.admission import Admitter, Endpoint
 from webhook.config import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+from webhook.connections import track
 from webhook.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -207,10 +208,10 @@ def _internal_error_answer(body: bytes, endpoint: Endpoint) -> web.Response:
 
 
 def webhook_app(admitter: Admitter) -> web.Application:
-    """The webhook's endpoints (served by a ``connections.Listener``, which tracks
-    each request's connection for the drain and the timeouts)."""
+    """The webhook's endpoints (served by a ``connections.Listener``; its middleware
+    tracks each request's connection for the drain, the timeouts and the table)."""
     settings = admitter.settings.server
-    app = web.Application(client_max_size=settings.max_request_bytes)
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[track])
     gate = Gate(settings)
     app.router.add_post("/mutate", _handler("mutate", admitter, gate))
     app.router.add_post("/validate", _handler("validate", admitter, gate))
@@ -234,7 +235,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def health_app(health: Health, metrics: Metrics) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[track])
     app[HEALTH] = health
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
