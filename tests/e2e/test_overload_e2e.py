@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 
 from tests.e2e.admission_harness import (
+    Answer,
     certificates,
     create_pod,
     mutating_webhook,
@@ -33,12 +37,14 @@ from tests.e2e.admission_harness import (
     wait_until_mutating,
 )
 from tests.e2e.kubeapi import KubeAPIServer
+from tests.reliability.harness import REPO, sockets
 from webhook import pki
 
 pytestmark = pytest.mark.e2e
 
 LOCAL = "registry.local:5000"
 REFUSED = "too many in flight"
+ATTACKER = "127.0.0.2"  # the attacking process's own address; the API server's is 127.0.0.1
 
 
 @pytest.fixture
@@ -98,3 +104,174 @@ async def test_a_refusal_for_overload_is_retried_by_the_api_server(
         assert stored_view(await read_pod(api, app, "p"))["images"] == {
             "app": f"{LOCAL}/nginx:1.25"
         }
+
+
+# --- connections: what the API server opens, and an attack on the table ----------------
+
+
+class Sampler:
+    """Samples, from a thread, the connections this process holds on ``port`` (the
+    webhook in-process): the most at once, and every distinct one seen."""
+
+    def __init__(self, port: int, every: float = 0.005) -> None:
+        self.port = port
+        self.every = every
+        self.most = 0
+        self.seen: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = [
+                s.remote for s in sockets() if s.local[1] == self.port and s.state == "ESTABLISHED"
+            ]
+            self.most = max(self.most, len(now))
+            self.seen.update(now)
+            time.sleep(self.every)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def count(self, source: str | None = None) -> int:
+        """Connections held now (from ``source`` only, when given)."""
+        return sum(
+            1
+            for s in sockets()
+            if s.local[1] == self.port
+            and s.state == "ESTABLISHED"
+            and (source is None or s.remote[0] == source)
+        )
+
+
+async def create_all(
+    api: k8s.ApiClient, namespace: str, names: list[str], at_once: int, *, dry_run: bool
+) -> list[Answer]:
+    """Creates a Pod per name, ``at_once`` at a time; the answers in order."""
+    places = asyncio.Semaphore(at_once)
+
+    async def one(name: str) -> Answer:
+        async with places:
+            return await create_pod(
+                api, namespace, pod(name, {"app": "nginx:1.25"}), dry_run=dry_run
+            )
+
+    return await asyncio.gather(*(one(name) for name in names))
+
+
+def rewritten(answer: Answer) -> bool:
+    return bool(answer.body["spec"]["containers"][0]["image"] == f"{LOCAL}/nginx:1.25")
+
+
+@pytest.mark.parametrize("at_once", [16, 64])
+async def test_connections_the_api_server_opens_to_the_webhook(
+    kube_apiserver: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path, at_once: int
+) -> None:
+    """Dry-run creates, ``at_once`` at a time: the API server holds at most one connection
+    to the webhook per call in flight (so its pool is the size of its concurrency, far
+    below half of server.maxConnections at these rates)."""
+    tag = uuid.uuid4().hex[:8]
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    certs = certificates(tmp_path / "tls")
+    settings = {"mode": "airgap", "namespaces": [app], "airgap": {"registry": LOCAL}}
+    async with (
+        run_webhook(settings, certs, secrets=None) as hook,
+        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
+    ):
+        await wait_until_mutating(api, app)
+        names = [f"p{i}" for i in range(8 * at_once)]
+        with Sampler(hook.settings.server.port) as sampler:
+            answers = await create_all(api, app, names, at_once, dry_run=True)
+            await asyncio.sleep(0.05)
+        kept = sampler.count()
+    assert [a.status for a in answers] == [201] * len(names)
+    assert all(rewritten(a) for a in answers)
+    print(
+        f"\n{at_once} creates at once ({len(names)} dry runs): the API server held at most "
+        f"{sampler.most} connections to the webhook at once, opened {len(sampler.seen)} in "
+        f"all, kept {kept} idle after"
+    )
+    assert 1 <= sampler.most <= at_once + 2
+
+
+@pytest.mark.parametrize("kind", ["idle", "half-headers"])
+async def test_pods_created_while_one_client_holds_the_connection_table(
+    kube_apiserver: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path, kind: str
+) -> None:
+    """Another process holds 600 connections to the webhook from its own address (more
+    than server.maxConnections, each reopened as soon as the webhook closes it) while
+    Pods are created through the API server, failurePolicy Ignore: every create
+    succeeds and every Pod is stored mutated."""
+    tag = uuid.uuid4().hex[:8]
+    app = f"app-{tag}"
+    await namespaces(kube_apiserver, tag, app)
+    certs = certificates(tmp_path / "tls")
+    settings = {"mode": "airgap", "namespaces": [app], "airgap": {"registry": LOCAL}}
+    async with (
+        run_webhook(settings, certs, secrets=None) as hook,
+        mutating_webhook(
+            api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag, failure_policy="Ignore"
+        ),
+    ):
+        await wait_until_mutating(api, app)
+        port = hook.settings.server.port
+        table = hook.settings.server.max_connections
+        sampler = Sampler(port)
+        started = time.monotonic()
+        before = await create_all(api, app, [f"calm-{i}" for i in range(64)], 16, dry_run=False)
+        calm = time.monotonic() - started
+        assert certs.ca_file is not None
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.attacks",
+            kind,
+            "--port",
+            str(port),
+            "--ca",
+            str(certs.ca_file),
+            "--source",
+            ATTACKER,
+            "--connections",
+            "600",
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            for _ in range(600):  # until the attack holds the table
+                if sampler.count(ATTACKER) >= table - 16:
+                    break
+                await asyncio.sleep(0.05)
+            held = sampler.count(ATTACKER)
+            started = time.monotonic()
+            names = [f"p{i}" for i in range(256)]
+            answers = await create_all(api, app, names, 16, dry_run=False)
+            attacked = time.monotonic() - started
+            held_after = sampler.count(ATTACKER)
+        finally:
+            attacker.terminate()
+            out, _ = await asyncio.wait_for(attacker.communicate(), 30)
+        stored = [await read_pod(api, app, name) for name in names]
+    unmutated = [
+        s["metadata"]["name"]
+        for s in stored
+        if stored_view(s)["images"] != {"app": f"{LOCAL}/nginx:1.25"}
+    ]
+    print(
+        f"\n{kind}: the attacker held {held} then {held_after} connections "
+        f"(table {table}); tally {out.decode().strip().splitlines()[-1]}\n"
+        f"64 creates before the attack in {calm:.2f}s ({calm / 64 * 16 * 1000:.0f} ms each), "
+        f"256 during it in {attacked:.2f}s ({attacked / 256 * 16 * 1000:.0f} ms each), "
+        f"16 at once; failed: {sum(a.status != 201 for a in answers)}, "
+        f"stored unmutated: {len(unmutated)}"
+    )
+    assert all(a.status == 201 for a in before)
+    assert held >= table - 16
+    assert [a.status for a in answers] == [201] * len(names)
+    assert unmutated == []
