@@ -12,6 +12,7 @@ the Pod's creation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import sys
@@ -26,6 +27,7 @@ from kubernetes_asyncio import client as k8s
 
 from tests.e2e.admission_harness import (
     Answer,
+    RunningWebhook,
     certificates,
     create_pod,
     mutating_webhook,
@@ -164,6 +166,31 @@ async def create_all(
     return await asyncio.gather(*(one(name) for name in names))
 
 
+@contextlib.asynccontextmanager
+async def airgap_webhook(
+    kube: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path, failure_policy: str = "Fail"
+) -> AsyncIterator[tuple[RunningWebhook, str, Path]]:
+    """The webhook in air-gap mode, mutating a new namespace: (webhook, namespace, CA)."""
+    tag = uuid.uuid4().hex[:8]
+    app = f"app-{tag}"
+    await namespaces(kube, tag, app)
+    certs = certificates(tmp_path / "tls")
+    assert certs.ca_file is not None
+    settings = {"mode": "airgap", "namespaces": [app], "airgap": {"registry": LOCAL}}
+    async with (
+        run_webhook(settings, certs, secrets=None) as hook,
+        mutating_webhook(
+            api,
+            url=hook.url,
+            ca_bundle=hook.ca_bundle,
+            selector=tag,
+            failure_policy=failure_policy,
+        ),
+    ):
+        await wait_until_mutating(api, app)
+        yield hook, app, certs.ca_file
+
+
 def rewritten(answer: Answer) -> bool:
     return bool(answer.body["spec"]["containers"][0]["image"] == f"{LOCAL}/nginx:1.25")
 
@@ -175,16 +202,7 @@ async def test_connections_the_api_server_opens_to_the_webhook(
     """Dry-run creates, ``at_once`` at a time: the API server holds at most one connection
     to the webhook per call in flight (so its pool is the size of its concurrency, far
     below half of server.maxConnections at these rates)."""
-    tag = uuid.uuid4().hex[:8]
-    app = f"app-{tag}"
-    await namespaces(kube_apiserver, tag, app)
-    certs = certificates(tmp_path / "tls")
-    settings = {"mode": "airgap", "namespaces": [app], "airgap": {"registry": LOCAL}}
-    async with (
-        run_webhook(settings, certs, secrets=None) as hook,
-        mutating_webhook(api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag),
-    ):
-        await wait_until_mutating(api, app)
+    async with airgap_webhook(kube_apiserver, api, tmp_path) as (hook, app, _ca):
         names = [f"p{i}" for i in range(8 * at_once)]
         with Sampler(hook.settings.server.port) as sampler:
             answers = await create_all(api, app, names, at_once, dry_run=True)
@@ -208,25 +226,13 @@ async def test_pods_created_while_one_client_holds_the_connection_table(
     than server.maxConnections, each reopened as soon as the webhook closes it) while
     Pods are created through the API server, failurePolicy Ignore: every create
     succeeds and every Pod is stored mutated."""
-    tag = uuid.uuid4().hex[:8]
-    app = f"app-{tag}"
-    await namespaces(kube_apiserver, tag, app)
-    certs = certificates(tmp_path / "tls")
-    settings = {"mode": "airgap", "namespaces": [app], "airgap": {"registry": LOCAL}}
-    async with (
-        run_webhook(settings, certs, secrets=None) as hook,
-        mutating_webhook(
-            api, url=hook.url, ca_bundle=hook.ca_bundle, selector=tag, failure_policy="Ignore"
-        ),
-    ):
-        await wait_until_mutating(api, app)
+    async with airgap_webhook(kube_apiserver, api, tmp_path, "Ignore") as (hook, app, ca_file):
         port = hook.settings.server.port
         table = hook.settings.server.max_connections
         sampler = Sampler(port)
         started = time.monotonic()
         before = await create_all(api, app, [f"calm-{i}" for i in range(64)], 16, dry_run=False)
         calm = time.monotonic() - started
-        assert certs.ca_file is not None
         attacker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -235,7 +241,7 @@ async def test_pods_created_while_one_client_holds_the_connection_table(
             "--port",
             str(port),
             "--ca",
-            str(certs.ca_file),
+            str(ca_file),
             "--source",
             ATTACKER,
             "--connections",
