@@ -1,6 +1,6 @@
 # image-proxy-webhook: runs as a non-root user (65532) on a read-only root filesystem,
 # as the chart runs it (the chart mounts the config, license and TLS files; /tmp is
-# an emptyDir).
+# an emptyDir). README "Building the image" says how to build and push it.
 #
 # BASE is any image with python3 (3.11 or later, with its venv module) and useradd,
 # the same for both stages. The default is the official python:3.11-slim, pinned by
