@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from prometheus_client import Counter, Histogram
+
 from webhook import logs, podspec, policy, review
 from webhook.config import Settings
 from webhook.images import ImageRef
-from webhook.metrics import CounterSeries, HistogramSeries, Metrics
+from webhook.metrics import Metrics
 from webhook.podspec import WORKLOAD_TEMPLATES
 from webhook.policy import Decision, Operation, Repository, Request
 from webhook.probes import Visibility
@@ -89,8 +91,8 @@ class Admitter:
         # metric series by the request's own values when those are their labels (known
         # values: a bounded set), and the duration series by endpoint: labels() on
         # every request costs more than the increment
-        self._counters: dict[tuple[Endpoint, str, str, str], CounterSeries] = {}
-        self._durations: dict[Endpoint, HistogramSeries] = {}
+        self._counters: dict[tuple[Endpoint, str, str, str], Counter] = {}
+        self._durations: dict[Endpoint, Histogram] = {}
 
     async def decide(self, request: Request, deadline: float, *, explain: bool = True) -> Decision:
         """The decision for one object, probing what the overrides do not settle;
@@ -217,7 +219,7 @@ class Admitter:
         )
         log.handle(record)
 
-    def _counter(self, key: tuple[Endpoint, str, str, str], metrics: Metrics) -> CounterSeries:
+    def _counter(self, key: tuple[Endpoint, str, str, str], metrics: Metrics) -> Counter:
         """The admission counter's series for these request values, kept by them when
         they are their own labels (known values: a bounded set of keys)."""
         endpoint, operation, kind, label = key
