@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -57,8 +57,7 @@ class JSONFormatter(logging.Formatter):
         fields: dict[str, Any] | None,
         exception: str | None = None,
     ) -> str:
-        """The line for a record with these attributes (``level``: its level name);
-        emit_json() writes it without building the record."""
+        """The line for a record with these attributes (``level``: its level name)."""
         second, stamp = self._stamp  # _time's check, without its call: the same second
         entry: dict[str, Any] = {
             "time": stamp if int(created) == second else self._time(created),
@@ -78,70 +77,6 @@ class JSONFormatter(logging.Formatter):
             return orjson.dumps(entry, default=str, option=_ORJSON_ANY_KEYS).decode()
         except TypeError:  # what orjson refuses (a lone surrogate, an int over 64 bits)
             return json.dumps(entry, default=str)
-
-
-def _json_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[Any] | None:
-    """The one handler a record from ``logger`` at ``level`` would reach, if that is a
-    plain StreamHandler with the JSONFormatter and no filter on the way (what setup()
-    installs for ``--log-format json``); else None."""
-    if logger.filters:
-        return None
-    found = None
-    current: logging.Logger | None = logger
-    while current is not None:  # Logger.callHandlers' walk
-        for handler in current.handlers:
-            if level >= handler.level:
-                if found is not None:
-                    return None
-                found = handler
-        current = current.parent if current.propagate else None
-    if (
-        type(found) is not logging.StreamHandler
-        or found.filters
-        or type(found.formatter) is not JSONFormatter
-        or found.lock is None
-    ):
-        return None  # none at all (logging's last resort), another kind, a filter
-    return found
-
-
-def emit_json(
-    logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...], fields: dict[str, Any]
-) -> bool:
-    """Write what ``logger.log(level, msg, *args, extra={"fields": fields})`` would, when
-    it would go to one JSON StreamHandler (``--log-format json``): the same line,
-    encoded straight from the fields, without a LogRecord or logging's dispatch; True
-    also when the level is off. False when logging's own path has to write it: the
-    text format, another handler or a filter on the way, no handler at all.
-    """
-    if not logger.isEnabledFor(level):  # a disabled logger too
-        return True  # logger.log would write nothing
-    handler = _json_handler(logger, level)
-    if handler is None:
-        return False
-    formatter = cast(JSONFormatter, handler.formatter)
-    lock = handler.lock  # Handler.handle's
-    assert lock is not None  # _json_handler checked
-    lock.acquire()
-    try:
-        # StreamHandler.emit, from the line on
-        line = formatter.line(
-            time.time(), logging.getLevelName(level), logger.name, msg % args, fields
-        )
-        stream = handler.stream
-        stream.write(line + handler.terminator)
-        if stream and hasattr(stream, "flush"):  # StreamHandler.flush, the lock held
-            stream.flush()
-    except RecursionError:
-        raise
-    except Exception:
-        record = logger.makeRecord(
-            logger.name, level, "(unknown file)", 0, msg, args, None, extra={"fields": fields}
-        )
-        handler.handleError(record)
-    finally:
-        lock.release()
-    return True
 
 
 def _one_line(text: str) -> str:
