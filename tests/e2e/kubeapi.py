@@ -15,6 +15,12 @@ Usage::
             ...
     finally:
         server.stop()
+
+The same class runs the API server of ``tests/cluster`` inside a network
+namespace: ``launcher`` prefixes each command (``nsenter ...``), ``serving``
+brings a certificate with the node's addresses, ``tokens`` adds identities
+(kubelet's), and ``in_network`` runs etcd's health check where
+etcd listens.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -43,6 +49,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from webhook.pki import CertPaths
 
 KUBE_VERSION = "v1.20.2"
 DEFAULT_CACHE_DIR = "/var/cache/image-proxy-webhook"
@@ -116,11 +124,76 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class Processes:
+    """Server processes started for a test, each logging to a file of its own;
+    stopped newest first."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def spawn(
+        self, name: str, argv: Sequence[str], log: Path, *, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
+        out = log.open("wb")
+        self._logs.append(out)
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
+        )
+        self.started[name] = (process, log)
+        return process
+
+    def exited(self) -> str | None:
+        """The first process that exited, with the tail of its log; None while all run."""
+        for name, (process, log) in self.started.items():
+            if process.poll() is not None:
+                return (
+                    f"{name} exited with status {process.returncode}\n"
+                    f"--- tail of {log} ---\n{_tail(log)}"
+                )
+        return None
+
+    def tails(self) -> str:
+        return "\n".join(f"--- tail of {log} ---\n{_tail(log)}" for _, log in self.started.values())
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM each process, newest first; SIGKILL what outlives ``timeout``."""
+        for process, _ in reversed(list(self.started.values())):
+            if process.poll() is not None:
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.started.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+
 class KubeAPIServer:
     """A kube-apiserver plus its etcd, listening on free ports of 127.0.0.1.
 
     ``extra_args`` are appended to the API server's command line (a later flag
     overrides an earlier one, e.g. ``["--feature-gates=EphemeralContainers=false"]``).
+
+    For a server inside a network namespace (``tests/cluster``): ``launcher`` is
+    the command prefix that enters it; ``bind_address`` and ``advertise_address``
+    its own addresses; ``port`` the secure port (``url`` stays 127.0.0.1:port,
+    which the caller forwards); ``serving`` a certificate and its CA, used instead
+    of a self-generated one; ``tokens`` more ``token -> (user, groups)`` lines;
+    ``authorization_mode`` and ``admission_plugins`` replace the defaults (list
+    flags add up when repeated); ``in_network`` runs a check where etcd
+    listens; ``workdir`` is kept at stop.
     """
 
     def __init__(
@@ -130,19 +203,39 @@ class KubeAPIServer:
         etcd_binary: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 60.0,
+        launcher: Sequence[str] = (),
+        bind_address: str = "127.0.0.1",
+        advertise_address: str = "127.0.0.1",
+        port: int = 0,
+        serving: CertPaths | None = None,
+        tokens: Mapping[str, tuple[str, str]] | None = None,
+        service_cluster_ip_range: str = "10.0.0.0/24",
+        authorization_mode: str = "RBAC",
+        admission_plugins: str = ADMISSION_PLUGINS,
+        in_network: Callable[[Callable[[], None]], None] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else default_binary_path()
         self.etcd_binary = Path(etcd_binary or shutil.which("etcd") or "etcd")
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.launcher = list(launcher)
+        self.bind_address = bind_address
+        self.advertise_address = advertise_address
+        self.serving = serving
+        self.tokens = dict(tokens or {})
+        self.service_cluster_ip_range = service_cluster_ip_range
+        self.authorization_mode = authorization_mode
+        self.admission_plugins = admission_plugins
+        self.in_network = in_network
+        self.given_workdir = workdir
         self.token = ADMIN_TOKEN
         self.host = "127.0.0.1"
-        self.port = 0
+        self.fixed_port = port
+        self.port = port
         self.etcd_url = ""
         self.workdir: Path | None = None
-        self._etcd: subprocess.Popen[bytes] | None = None
-        self._apiserver: subprocess.Popen[bytes] | None = None
-        self._logs: list[IO[bytes]] = []
+        self.processes = Processes()
 
     # -- addresses and files -------------------------------------------------
 
@@ -157,8 +250,15 @@ class KubeAPIServer:
 
     @property
     def ca_file(self) -> Path:
-        """PEM of the CA that signed the API server's self-generated serving cert."""
+        """PEM of the CA that signed the API server's serving cert."""
+        if self.serving is not None and self.serving.ca_file is not None:
+            return self.serving.ca_file
         return self._dir() / "ca.crt"
+
+    @property
+    def service_account_key(self) -> Path:
+        """The key that signs ServiceAccount tokens (the controller-manager's too)."""
+        return self._dir() / "sa.key"
 
     @property
     def kubeconfig_path(self) -> Path:
@@ -200,34 +300,31 @@ class KubeAPIServer:
     def _start_once(self) -> None:
         if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
             raise KubeAPIServerError(f"kube-apiserver binary not found: {self.binary}")
-        work = self.workdir = Path(tempfile.mkdtemp(prefix="kubeapi-"))
+        if self.given_workdir is not None:
+            self.given_workdir.mkdir(parents=True, exist_ok=True)
+            work = self.workdir = self.given_workdir
+        else:
+            work = self.workdir = Path(tempfile.mkdtemp(prefix="kubeapi-"))
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout
         self._start_etcd(work)
-        self._wait_etcd(deadline)
+        if self.in_network is None:
+            self._wait_etcd(deadline)
+        else:
+            self.in_network(lambda: self._wait_etcd(deadline))
         self._start_apiserver(work)
         self._wait_ready(deadline)
         self._write_kubeconfig()
 
-    def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
-        out = log.open("wb")
-        self._logs.append(out)
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self._dir(),
-            preexec_fn=_die_with_parent,
-        )
+    def _spawn(self, name: str, argv: list[str], log: Path) -> None:
+        self.processes.spawn(name, [*self.launcher, *argv], log, cwd=self._dir())
 
     def _start_etcd(self, work: Path) -> None:
         client_url = f"http://127.0.0.1:{free_port()}"
         peer_url = f"http://127.0.0.1:{free_port()}"
         self.etcd_url = client_url
-        self._etcd = self._spawn(
+        self._spawn(
+            "etcd",
             [
                 str(self.etcd_binary),
                 "--name=e2e",
@@ -244,7 +341,11 @@ class KubeAPIServer:
         )
 
     def _start_apiserver(self, work: Path) -> None:
-        (work / "tokens.csv").write_text(f'{self.token},admin,uid-admin,"system:masters"\n')
+        lines = [f'{self.token},admin,uid-admin,"system:masters"']
+        lines += [
+            f'{token},{user},uid-{user},"{groups}"' for token, (user, groups) in self.tokens.items()
+        ]
+        (work / "tokens.csv").write_text("\n".join(lines) + "\n")
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (work / "sa.key").write_bytes(
             key.private_bytes(
@@ -258,41 +359,44 @@ class KubeAPIServer:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        (work / "certs").mkdir()
-        self.port = free_port()
+        (work / "certs").mkdir(exist_ok=True)
+        self.port = self.fixed_port or free_port()
+        if self.serving is not None:
+            tls = [
+                f"--tls-cert-file={self.serving.cert_file}",
+                f"--tls-private-key-file={self.serving.key_file}",
+            ]
+        else:
+            tls = [f"--cert-dir={work / 'certs'}"]
         argv = [
             str(self.binary),
             f"--etcd-servers={self.etcd_url}",
-            f"--bind-address={self.host}",
-            f"--advertise-address={self.host}",
+            f"--bind-address={self.bind_address}",
+            f"--advertise-address={self.advertise_address}",
             f"--secure-port={self.port}",
             "--insecure-port=0",
-            f"--cert-dir={work / 'certs'}",
+            *tls,
             f"--token-auth-file={work / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={self.authorization_mode}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={work / 'sa.pub'}",
             f"--service-account-signing-key-file={work / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+            f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+            f"--enable-admission-plugins={self.admission_plugins}",
             "--feature-gates=EphemeralContainers=true",
             "--allow-privileged=true",
             "--profiling=false",
             *self.extra_args,
         ]
-        self._apiserver = self._spawn(argv, self.apiserver_log)
+        self._spawn("kube-apiserver", argv, self.apiserver_log)
 
     def _fail(self, reason: str) -> KubeAPIServerError:
-        parts = [reason]
-        if self.workdir is not None:
-            parts.append(f"--- tail of {self.etcd_log} ---\n{_tail(self.etcd_log)}")
-            parts.append(f"--- tail of {self.apiserver_log} ---\n{_tail(self.apiserver_log)}")
-        return KubeAPIServerError("\n".join(parts))
+        return KubeAPIServerError(f"{reason}\n{self.processes.tails()}")
 
     def _check_alive(self) -> None:
-        for name, proc in (("etcd", self._etcd), ("kube-apiserver", self._apiserver)):
-            if proc is not None and proc.poll() is not None:
-                raise self._fail(f"{name} exited with status {proc.returncode}")
+        exited = self.processes.exited()
+        if exited is not None:
+            raise KubeAPIServerError(exited)
 
     def _wait_etcd(self, deadline: float) -> None:
         while True:
@@ -313,6 +417,8 @@ class KubeAPIServer:
         kube-apiserver writes that file as the serving cert followed by the
         self-signed CA that issued it (CN ``127.0.0.1-ca@<time>``).
         """
+        if self.serving is not None:
+            return True
         crt = self._dir() / "certs" / "apiserver.crt"
         try:
             certs = x509.load_pem_x509_certificates(crt.read_bytes())
@@ -354,6 +460,10 @@ class KubeAPIServer:
             time.sleep(0.2)
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig_path, token=self.token, user="admin")
+
+    def write_kubeconfig(self, path: Path, *, token: str, user: str) -> None:
+        """A kubeconfig for this server that authenticates with ``token``."""
         ca_data = base64.b64encode(self.ca_file.read_bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -364,34 +474,23 @@ class KubeAPIServer:
                     "cluster": {"server": self.url, "certificate-authority-data": ca_data},
                 }
             ],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
             "current-context": "e2e",
         }
         # JSON is YAML: kubectl, helm and kubernetes-asyncio all read it.
-        self.kubeconfig_path.write_text(json.dumps(config, indent=2) + "\n")
-        self.kubeconfig_path.chmod(0o600)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
 
     def stop(self) -> None:
         """Stop the API server, then etcd, and remove the work directory.
 
-        Set ``KUBEAPI_KEEP_WORKDIR=1`` to keep it (logs, certs, etcd data).
+        Set ``KUBEAPI_KEEP_WORKDIR=1`` to keep it (logs, certs, etcd data); a
+        ``workdir`` given by the caller is always kept.
         """
-        for proc in (self._apiserver, self._etcd):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._apiserver = self._etcd = None
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
+        self.processes.stop()
         if self.workdir is not None:
-            if os.environ.get("KUBEAPI_KEEP_WORKDIR") != "1":
+            if os.environ.get("KUBEAPI_KEEP_WORKDIR") != "1" and self.given_workdir is None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
         atexit.unregister(self.stop)
