@@ -1,0 +1,113 @@
+"""Fixtures for the tests on a real one-node cluster (tests/cluster/node.py).
+
+The cluster is session-scoped: it comes up once (about 15 s to Node Ready) and is
+torn down at the end, where its teardown also checks that the host is as it was
+(sysctls, processes, mounts, cgroups); a difference fails the session.
+Missing binaries or tools skip the tests locally and fail them under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.images import pause_image
+from tests.cluster.node import Cluster, Timings, kube_binary, missing_piece, running_cluster
+from tests.cluster.node_registries import (
+    license_checking_registry,
+    push_archive,
+    start_registry,
+)
+from tests.integration.registries import Registry
+
+HERE = Path(__file__).resolve().parent
+TIMINGS = pytest.StashKey[Timings]()
+VENDOR_USERS = {"vendor-pull": "vendor-secret"}
+LICENSE_ID = "4f3c2a1b-cluster-test-license"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    timings = config.stash.get(TIMINGS, None)
+    if timings is not None:
+        terminalreporter.write_line(
+            f"cluster: Node Ready {timings.bring_up:.1f} s after start, "
+            f"teardown {timings.teardown:.1f} s; RSS of all its processes "
+            f"{timings.rss_ready_mib:.0f} MiB at Ready, {timings.rss_end_mib:.0f} MiB at the end"
+        )
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Cluster]:
+    """A one-node cluster in a network namespace of its own, for the whole session."""
+    reason = missing_piece()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"cluster: {reason}", pytrace=False)
+        pytest.skip(f"cluster: {reason}")
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as node:
+        pytestconfig.stash[TIMINGS] = node.timings
+        yield node
+
+
+@dataclass
+class NodeRegistries:
+    """Registries inside the node: a vendor's private one, a public one, the proxy stand-in."""
+
+    vendor: Registry
+    public: Registry
+    proxy: Registry
+    license_id: str
+
+
+@pytest.fixture(scope="session")
+def node_registries(cluster: Cluster) -> Iterator[NodeRegistries]:
+    registries = NodeRegistries(
+        vendor=start_registry(cluster, "vendor", users=VENDOR_USERS),
+        public=start_registry(cluster, "public"),
+        proxy=license_checking_registry(cluster, LICENSE_ID),
+        license_id=LICENSE_ID,
+    )
+    try:
+        yield registries
+    finally:
+        for registry in (registries.vendor, registries.public, registries.proxy):
+            registry.stop()
+
+
+@dataclass(frozen=True)
+class TinyImages:
+    """Tiny runnable images already pushed (each a distinct digest)."""
+
+    private: str  # in the vendor registry (htpasswd)
+    public: str  # in the public registry (anonymous)
+
+
+@pytest.fixture(scope="session")
+def tiny_images(
+    cluster: Cluster, node_registries: NodeRegistries, tmp_path_factory: pytest.TempPathFactory
+) -> TinyImages:
+    directory = tmp_path_factory.mktemp("tiny-images")
+    pushed = {}
+    for kind, registry, repository in (
+        ("private", node_registries.vendor, "vendor/app"),
+        ("public", node_registries.public, "library/tool"),
+    ):
+        name = f"{registry.domain}/{repository}:v1"
+        archive = directory / f"{kind}.tar"
+        pause_image(archive, name=name, pause_binary=kube_binary("pause"))
+        pushed[kind] = push_archive(cluster, registry, archive, repository, "v1")
+    return TinyImages(private=pushed["private"], public=pushed["public"])

@@ -1,0 +1,129 @@
+"""What the cluster tests do through the API: namespaces, pull Secrets, Pods and their events.
+
+Everything goes through kubernetes-asyncio (no kubectl). Waits are bounded and,
+when they run out, say what the Pod was doing: its phase, its containers' states
+and its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+
+from tests.e2e.admission_harness import call, eventually, expected_dockerconfig, read_pod
+
+POD_TIMEOUT = 120.0
+
+
+async def create_namespace(api: k8s.ApiClient, name: str, **labels: str) -> str:
+    """A namespace whose ``default`` ServiceAccount has its token (Pods are admitted then).
+
+    Labelled ``kubernetes.io/metadata.name`` as 1.21+ does on its own (the chart's
+    namespaceSelector uses it; 1.20 does not set it).
+    """
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}},
+    }
+    (await call(api, "POST", "/api/v1/namespaces", body)).ok()
+
+    async def account_has_token() -> bool:
+        answer = await call(api, "GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+        return answer.status == 200 and bool(answer.body.get("secrets"))
+
+    await eventually(account_has_token, timeout=60, what=f"{name}/default's token Secret")
+    return name
+
+
+async def delete_namespace(api: k8s.ApiClient, name: str) -> None:
+    """Delete a namespace without waiting (its Pods are stopped at the node's teardown)."""
+    await call(api, "DELETE", f"/api/v1/namespaces/{name}", query={"gracePeriodSeconds": "0"})
+
+
+async def create_pull_secret(
+    api: k8s.ApiClient, namespace: str, name: str, auths: Mapping[str, tuple[str, str]]
+) -> None:
+    """A ``kubernetes.io/dockerconfigjson`` Secret: registry -> (user, password)."""
+    config = json.dumps(expected_dockerconfig(auths)).encode()
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name},
+        "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+    }
+    (await call(api, "POST", f"/api/v1/namespaces/{namespace}/secrets", body)).ok()
+
+
+async def events_of(api: k8s.ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The events about one object, oldest first."""
+    answer = await call(
+        api,
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        query={"fieldSelector": f"involvedObject.name={name}"},
+    )
+    items: list[dict[str, Any]] = answer.ok().get("items", [])
+    return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def describe_events(events: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{e.get('reason')}: {e.get('message')}" for e in events)
+
+
+async def _describe(api: k8s.ApiClient, namespace: str, name: str) -> str:
+    stored = await read_pod(api, namespace, name)
+    status = stored.get("status", {})
+    states = {
+        s["name"]: s.get("state")
+        for s in status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
+    }
+    events = describe_events(await events_of(api, namespace, name))
+    return f"phase {status.get('phase')}, containers {states}\nevents:\n{events}"
+
+
+async def wait_pod_running(
+    api: k8s.ApiClient, namespace: str, name: str, *, timeout: float = POD_TIMEOUT
+) -> dict[str, Any]:
+    """Until the Pod is Running with every container ready; the stored Pod."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await read_pod(api, namespace, name)
+        status = stored.get("status", {})
+        if status.get("phase") == "Running" and all(
+            s.get("ready") for s in status.get("containerStatuses", [])
+        ):
+            return stored
+        if status.get("phase") in ("Failed", "Succeeded") or time.monotonic() > deadline:
+            raise AssertionError(
+                f"Pod {namespace}/{name} is not Running: {await _describe(api, namespace, name)}"
+            )
+        await asyncio.sleep(0.25)
+
+
+async def wait_pod_event(
+    api: k8s.ApiClient,
+    namespace: str,
+    name: str,
+    matches: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = POD_TIMEOUT,
+) -> dict[str, Any]:
+    """Until an event about the Pod matches; that event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for event in await events_of(api, namespace, name):
+            if matches(event):
+                return event
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"no such event for Pod {namespace}/{name}: {await _describe(api, namespace, name)}"
+            )
+        await asyncio.sleep(0.25)
