@@ -9,6 +9,14 @@
 # base made from Debian packages instead.
 ARG BASE=python:3.11-slim@sha256:be1575ed968de893bd54f4c56315ff7c4736ce522c1bca08fd521731aafc0d76
 
+# The dependencies, listed from pyproject.toml: the build stage copies only this
+# list, so its dependency layer is rebuilt when they change, not with every edit of
+# pyproject.toml or of the code.
+FROM ${BASE} AS requirements
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /requirements.txt
+
 FROM ${BASE} AS build
 # A virtual environment at the path it runs from: its scripts and layout are the
 # same whichever pip the base has (Debian's `pip install --prefix` writes under
@@ -17,17 +25,14 @@ ENV VIRTUAL_ENV=/opt/image-proxy-webhook
 RUN python3 -m venv "$VIRTUAL_ENV"
 ENV PATH=$VIRTUAL_ENV/bin:$PATH
 WORKDIR /src
-# The dependencies first, from pyproject.toml alone: this layer is rebuilt only when
-# they change, not with every change of the code. Bytecode is compiled here, as
-# unchecked-hash .pyc files: they stay valid whatever the files' times become between
-# stages, and nothing is compiled (or written) on the read-only root at run time.
-COPY pyproject.toml ./
+# Bytecode is compiled here, as unchecked-hash .pyc files: they stay valid whatever
+# the files' times become between stages, and nothing is compiled (or written) on
+# the read-only root at run time.
+COPY --from=requirements /requirements.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > requirements.txt \
-    && pip install --disable-pip-version-check --no-compile -r requirements.txt \
+    pip install --disable-pip-version-check --no-compile -r requirements.txt \
     && python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash "$VIRTUAL_ENV"
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY webhook ./webhook
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --disable-pip-version-check --no-compile --no-deps . \
