@@ -67,6 +67,8 @@ ODD = (
     "proxy.replicated.com/proxy/my-app/quay.io/private-org/api:v1",
     "registry.local:5000/my-app/api:v1",
     "quay.io/private-org/api@sha256:" + "b" * 64,
+    "registry.replicated.com/my-app/api:1",
+    "registry.vendor.example/my-app/api:1",
     'quote " backslash \\ newline \n',
 )
 # path → (visibility, reason, retry_after): every reason the probe gives for these
@@ -100,6 +102,7 @@ CONFIGS: list[dict[str, Any]] = [
         "licenseID": "lic",
         "namespaces": ["my-app"],
         "proxyDomain": "images.example.com",
+        "registryDomain": "registry.vendor.example",
         "visibility": {"overrides": OVERRIDES, "onProbeFailure": "direct"},
         "server": {"maxImagesPerObject": 6},
     },
@@ -111,7 +114,17 @@ CONFIGS: list[dict[str, Any]] = [
         "airgap": {"registry": "registry.local:5000", "namespace": "my-app"},
     },
 ]
-KINDS = ("Pod", "Pod", "Pod", "Deployment", "CronJob", "Job", "StatefulSet", "Unheard")
+KINDS = (
+    "Pod",
+    "Pod",
+    "Pod",
+    "Deployment",
+    "CronJob",
+    "Job",
+    "StatefulSet",
+    "EphemeralContainers",
+    "Unheard",
+)
 OPERATIONS = ("CREATE", "CREATE", "UPDATE", "UPDATE", "DELETE", "PATCH")
 NAMESPACES = ("my-app", "my-app", "team-b", "elsewhere", "kube-system")
 
@@ -159,6 +172,8 @@ def _object(rng: random.Random, kind: str, namespace: str) -> dict[str, Any]:
     spec = _spec(rng)
     if kind == "Pod":
         return {"apiVersion": "v1", "kind": kind, "metadata": metadata, "spec": spec}
+    if kind == "EphemeralContainers":  # before Kubernetes 1.22: the object is its own spec
+        return {"apiVersion": "v1", "kind": kind, "metadata": metadata, **spec}
     template = {"metadata": {"labels": {"app": "w"}}, "spec": spec}
     body: dict[str, Any] = {"template": template}
     if kind == "CronJob":

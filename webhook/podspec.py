@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeGuard
 
-CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
-VOLUMES = "volumes"
 # The lists of a pod spec that hold images: the containers' ``image``, and the image
 # volumes' ``image.reference`` (Kubernetes 1.31+).
+CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+VOLUMES = "volumes"
 # Key prefix of an image volume in the original-images record: container names are
 # DNS labels, which cannot hold ":", so "volume:<name>" never clashes with one.
 VOLUME_KEY_PREFIX = "volume:"
@@ -33,6 +33,13 @@ _WORKLOADS = (
 WORKLOAD_TEMPLATES: Mapping[str, str] = {kind: pointer for _, kind, pointer in _WORKLOADS}
 # To recognise a workload in an ownerReference, by its apiVersion's group.
 WORKLOAD_GROUPS: Mapping[str, str] = {kind: group for group, kind, _ in _WORKLOADS}
+# Where each kind keeps its pod spec: (pointer of the template, pointer of the spec).
+# Kubernetes before 1.22 sends the pods/ephemeralcontainers subresource as a v1
+# EphemeralContainers object: metadata plus a top-level list, its own spec.
+_SPECS: Mapping[str, tuple[str, str]] = {"Pod": ("", "/spec"), "EphemeralContainers": ("", "")}
+_WORKLOAD_SPECS: Mapping[str, tuple[str, str]] = {
+    kind: (pointer, f"{pointer}/spec") for kind, pointer in WORKLOAD_TEMPLATES.items()
+}
 
 
 class ImageField(NamedTuple):
@@ -143,35 +150,29 @@ def _images(spec: Mapping[str, Any], spec_pointer: str) -> tuple[ImageField, ...
     return tuple(found)
 
 
-def _template(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> PodTemplate | None:
-    """The template at ``pointer`` ("" for the object itself), its spec at ``spec_pointer``
-    ("" when the object is its own spec)."""
+def _where(kind: str, workloads: bool) -> tuple[str, str] | None:
+    """(template pointer, spec pointer) of the kind's pod spec; None for a kind not covered."""
+    found = _SPECS.get(kind)
+    if found is None and workloads:
+        found = _WORKLOAD_SPECS.get(kind)
+    return found
+
+
+def _spec(obj: Mapping[str, Any], pointer: str, spec_pointer: str) -> tuple[Any, Any]:
+    """The template at ``pointer`` ("" for the object itself) and its spec, at
+    ``spec_pointer`` ("" when the object is its own spec); either may be anything."""
     base = _resolve(obj, pointer) if pointer else obj
-    spec = child(base, "spec") if spec_pointer else obj
-    if not is_mapping(spec):
-        return None
-    metadata = child(base, "metadata")
-    return PodTemplate(
-        pointer,
-        metadata if is_mapping(metadata) else None,
-        spec,
-        spec_pointer,
-        _images(spec, spec_pointer),
-    )
+    return base, child(base, "spec") if spec_pointer else obj
 
 
 def image_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
     """How many images the object's pod spec holds, counted without parsing any (a cap
     on it keeps the cost of a hostile object bounded): every container, and every
     volume that is an image volume."""
-    if kind == "EphemeralContainers":
-        spec: Any = obj
-    elif kind == "Pod":
-        spec = obj.get("spec")
-    elif workloads and kind in WORKLOAD_TEMPLATES:
-        spec = _resolve(obj, f"{WORKLOAD_TEMPLATES[kind]}/spec")
-    else:
+    where = _where(kind, workloads)
+    if where is None:
         return 0
+    spec = _spec(obj, *where)[1]
     if not is_mapping(spec):
         return 0
     count = 0
@@ -187,17 +188,23 @@ def image_count(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> int:
 
 def find(kind: str, obj: Mapping[str, Any], *, workloads: bool) -> PodTemplate | None:
     """The pod spec of a Pod, an EphemeralContainers object or (if enabled) a workload."""
-    if kind == "Pod":
-        return _template(obj, "", "/spec")
-    if kind == "EphemeralContainers":
-        # Kubernetes before 1.22 sends the pods/ephemeralcontainers subresource as a
-        # v1 EphemeralContainers object: metadata plus a top-level list.
-        template = _template(obj, "", "")
-        return template._replace(shows_pull_secrets=False) if template is not None else None
-    if workloads and kind in WORKLOAD_TEMPLATES:
-        pointer = WORKLOAD_TEMPLATES[kind]
-        return _template(obj, pointer, f"{pointer}/spec")
-    return None
+    where = _where(kind, workloads)
+    if where is None:
+        return None
+    pointer, spec_pointer = where
+    base, spec = _spec(obj, pointer, spec_pointer)
+    if not is_mapping(spec):
+        return None
+    metadata = child(base, "metadata")
+    return PodTemplate(
+        pointer,
+        metadata if is_mapping(metadata) else None,
+        spec,
+        spec_pointer,
+        _images(spec, spec_pointer),
+        # An object that is its own spec (EphemeralContainers) lists no imagePullSecrets.
+        shows_pull_secrets=bool(spec_pointer),
+    )
 
 
 def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
