@@ -137,13 +137,14 @@ class Admitter:
         """Refuse (HTTP 400) an object, or its old version, with more images than any
         real Pod has: every image is parsed and decided, so this bounds the work."""
         cap = self.settings.server.max_images_per_object
-        for which, obj in (("", request.object), ("old ", request.old_object)):
+        change = request.policy_request
+        for which, obj in (("", change.object), ("old ", change.old_object)):
             if obj is None:
                 continue
-            count = podspec.image_count(request.kind, obj, workloads=self.settings.mutate_workloads)
+            count = podspec.image_count(change.kind, obj, workloads=self.settings.mutate_workloads)
             if count > cap:
                 raise review.ReviewError(
-                    f"the {which}{request.kind} lists {count} images, more than "
+                    f"the {which}{change.kind} lists {count} images, more than "
                     f"server.maxImagesPerObject ({cap})"
                 )
 
@@ -153,39 +154,46 @@ class Admitter:
             or not decision.needs_secret
             or decision.denials
             or request.dry_run  # sideEffects: NoneOnDryRun
-            or not request.namespace
+            or not request.policy_request.namespace
         )
 
     async def _ensure_secret(self, request: review.AdmissionRequest, deadline: float) -> str | None:
         assert self.secrets is not None
         remaining = deadline - asyncio.get_running_loop().time()
-        return await self.secrets.ensure(request.namespace, max(remaining, 0.0))
+        return await self.secrets.ensure(request.policy_request.namespace, max(remaining, 0.0))
 
     def _record(self, outcome: Outcome, endpoint: Endpoint) -> None:
-        request, decision = outcome.request, outcome.decision
+        """The admission's metrics and its log line (docs/design.md §8)."""
         label = outcome.label
         if self.metrics is not None:
-            key = (endpoint, request.operation, request.kind, label)
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counter(key, self.metrics)
-            counter.inc()
-            duration = self._durations.get(endpoint)
-            if duration is None:
-                duration = self._durations[endpoint] = self.metrics.admission_duration.labels(
-                    endpoint
-                )
-            duration.observe(outcome.seconds)
-            if endpoint == "mutate" and decision.rewrites:
-                self.metrics.images_rewritten.inc(len(decision.rewrites))
-        if not log.isEnabledFor(logging.INFO):
-            return
+            self._count(outcome, endpoint, label, self.metrics)
+        if log.isEnabledFor(logging.INFO):
+            self._log(outcome, endpoint, label)
+
+    def _count(self, outcome: Outcome, endpoint: Endpoint, label: str, metrics: Metrics) -> None:
+        change = outcome.request.policy_request
+        key = (endpoint, change.operation, change.kind, label)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counter(key, metrics)
+        counter.inc()
+        duration = self._durations.get(endpoint)
+        if duration is None:
+            duration = self._durations[endpoint] = metrics.admission_duration.labels(endpoint)
+        duration.observe(outcome.seconds)
+        rewrites = outcome.decision.rewrites
+        if endpoint == "mutate" and rewrites:
+            metrics.images_rewritten.inc(len(rewrites))
+
+    def _log(self, outcome: Outcome, endpoint: Endpoint, label: str) -> None:
+        request, decision = outcome.request, outcome.decision
+        change = request.policy_request
         fields: dict[str, Any] = {
             "uid": request.uid,
             "endpoint": endpoint,
-            "operation": request.operation,
-            "kind": request.kind,
-            "namespace": request.namespace,
+            "operation": change.operation,
+            "kind": change.kind,
+            "namespace": change.namespace,
             "name": request.name,
             "outcome": label,
             "duration_ms": round(outcome.seconds * 1000, 3),
@@ -203,8 +211,8 @@ class Admitter:
         log.info(
             _LINE,
             endpoint,
-            request.kind or "-",
-            request.namespace or "-",
+            change.kind or "-",
+            change.namespace or "-",
             request.name or "-",
             label,
             outcome.seconds * 1000,

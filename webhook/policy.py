@@ -15,15 +15,12 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import orjson
-
 from webhook import images, podspec
 from webhook.config import UPSTREAM_REGISTRY_DOMAIN, Mode, OnProbeFailure, Settings
 from webhook.images import ImageRef, InvalidImageError
 from webhook.podspec import ImageField, PodTemplate
 from webhook.probes import Visibility
 
-ORIGINAL_IMAGES_ANNOTATION = "image-proxy-webhook.io/original-images"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"  # the API server's copy of a static Pod
 
 _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # an empty default no one can fill
@@ -32,6 +29,7 @@ _NOTHING: Mapping[Any, Any] = MappingProxyType({})  # an empty default no one ca
 # the decision reads them for every image: bound once here.
 _PUBLIC, _INTERNAL, _UNKNOWN = Visibility.PUBLIC, Visibility.INTERNAL, Visibility.UNKNOWN
 _ONLINE, _AIRGAP = Mode.ONLINE, Mode.AIRGAP
+_THROUGH_PROXY = OnProbeFailure.PROXY
 
 Repository = tuple[str, str]  # (normalised domain, path): the visibility cache key
 
@@ -280,45 +278,54 @@ class _Builder:
         )
 
     def online(self, image: ImageField, ref: ImageRef, visibility: Visibility) -> None:
+        """The online rules (docs/design.md §1), by the image's registry and visibility."""
         s = self.settings
         if ref.domain in (s.proxy_domain, s.registry_domain):  # already proxied, or the vendor's
             self.needs_secret = True
-            return
-        if visibility is _PUBLIC and ref.domain != UPSTREAM_REGISTRY_DOMAIN:
+        elif ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
+            self._to_registry_domain(image, ref)
+        elif visibility is _PUBLIC:
             return  # the common case: nothing to say, so no message is formatted
-        if ref.domain == UPSTREAM_REGISTRY_DOMAIN:  # registryDomain is a custom domain
-            self.needs_secret = True
-            new = images.format_image(s.registry_domain, ref.path, ref.suffix)
-            self.rewrite(image, ref.original, new)
-            if self.explain:
-                self.violations.append(
-                    f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
-                )
-            return
-        if visibility is _PUBLIC:
-            return
-        if visibility is _INTERNAL:
-            self.warn_about(
-                image,
-                ref.original,
-                ": registry on an internal address, left unchanged "
-                "(add a visibility override to route it)",
-                ": its registry is on an internal address, which the webhook does not probe and "
-                "the proxy cannot reach; left unchanged (add a visibility override to route it)",
+        elif visibility is _INTERNAL:
+            self._internal(image, ref)
+        elif visibility is _UNKNOWN and s.visibility.on_probe_failure is not _THROUGH_PROXY:
+            self._unknown(image, ref)
+        else:
+            self._through_proxy(image, ref)
+
+    def _to_registry_domain(self, image: ImageField, ref: ImageRef) -> None:
+        self.needs_secret = True
+        new = images.format_image(self.settings.registry_domain, ref.path, ref.suffix)
+        self.rewrite(image, ref.original, new)
+        if self.explain:
+            self.violations.append(
+                f"{_label(image, ref.original)} must use the registry domain: use {new!r}"
+            )
+
+    def _internal(self, image: ImageField, ref: ImageRef) -> None:
+        self.warn_about(
+            image,
+            ref.original,
+            ": registry on an internal address, left unchanged "
+            "(add a visibility override to route it)",
+            ": its registry is on an internal address, which the webhook does not probe and "
+            "the proxy cannot reach; left unchanged (add a visibility override to route it)",
+        )
+
+    def _unknown(self, image: ImageField, ref: ImageRef) -> None:
+        """Visibility unknown and onProbeFailure deny or direct (proxy goes through it)."""
+        if self.settings.visibility.on_probe_failure is OnProbeFailure.DENY:
+            self.deny(
+                f"{_label(image, ref.original)}: the registry could not be checked for "
+                "anonymous access and onProbeFailure is deny; retry shortly"
             )
             return
-        if visibility is _UNKNOWN:
-            failure = s.visibility.on_probe_failure
-            if failure is OnProbeFailure.DENY:
-                self.deny(
-                    f"{_label(image, ref.original)}: the registry could not be checked for "
-                    "anonymous access and onProbeFailure is deny; retry shortly"
-                )
-                return
-            if failure is OnProbeFailure.DIRECT:
-                reason = ": registry visibility unknown; left unchanged (onProbeFailure: direct)"
-                self.warn_about(image, ref.original, reason, reason)
-                return
+        reason = ": registry visibility unknown; left unchanged (onProbeFailure: direct)"
+        self.warn_about(image, ref.original, reason, reason)
+
+    def _through_proxy(self, image: ImageField, ref: ImageRef) -> None:
+        """A private image (or an unknown one under onProbeFailure proxy)."""
+        s = self.settings
         new, problem = _proxy_target(ref.original, s.proxy_domain, s.app_slug)
         if problem:
             shape = f"{s.proxy_domain}/proxy/{s.app_slug}/<registry>/<path>"
@@ -466,27 +473,3 @@ def decide(
             )
             builder.online(item.field, item.ref, visibility)
     return builder.decision()
-
-
-def originals_record(originals: Mapping[str, str]) -> str:
-    """This request's originals as the record encodes them (keys sorted)."""
-    fresh = originals if type(originals) is dict else dict(originals)
-    return orjson.dumps(fresh, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def original_images_annotation(
-    existing: Mapping[str, Any] | None, originals: Mapping[str, str]
-) -> tuple[str, bool]:
-    """The annotation value, earlier records kept and this request's originals added;
-    and whether an earlier record was there (else the value is originals_record())."""
-    if not existing or not existing.get(ORIGINAL_IMAGES_ANNOTATION):
-        return originals_record(originals), False  # the usual CREATE
-    merged: dict[str, str] = {}
-    try:
-        previous = orjson.loads(existing[ORIGINAL_IMAGES_ANNOTATION])
-    except (TypeError, ValueError):
-        previous = {}
-    if isinstance(previous, dict):
-        merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
-    merged.update(originals)
-    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode(), True

@@ -17,18 +17,16 @@ from webhook.podspec import is_mapping
 from webhook.policy import (
     MUTATED_OPERATIONS,
     OPERATIONS,
-    ORIGINAL_IMAGES_ANNOTATION,
     WARNING_MAX,
     Decision,
-    Operation,
     Request,
-    original_images_annotation,
-    originals_record,
     shorten,
 )
 
 API_VERSION = "admission.k8s.io/v1"
 AUDIT_ANNOTATION = "original-images"  # the API server prefixes it with the webhook name
+# The pod (template) annotation recording the images rewritten (docs/design.md §1).
+ORIGINAL_IMAGES_ANNOTATION = "image-proxy-webhook.io/original-images"
 
 
 class ReviewError(ValueError):
@@ -63,26 +61,13 @@ class AdmissionReview(TypedDict):
 
 
 class AdmissionRequest(NamedTuple):
+    """An AdmissionReview's request: what the decision depends on, and around it the
+    uid the answer echoes, the object's name and whether it is a dry run."""
+
     uid: str
-    kind: str  # the object's kind, e.g. Pod, EphemeralContainers, Deployment
-    operation: Operation | str  # an Operation, or the string an unknown client sent
-    subresource: str
-    namespace: str
     name: str
     dry_run: bool
-    object: Mapping[str, Any] | None
-    old_object: Mapping[str, Any] | None = None
-
-    @property
-    def policy_request(self) -> Request:
-        return Request(
-            self.kind,
-            self.object,
-            self.operation,
-            self.subresource,
-            self.namespace,
-            self.old_object,
-        )
+    policy_request: Request  # kind, object, operation, subresource, namespace, oldObject
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -129,17 +114,44 @@ def parse(body: bytes | str) -> AdmissionRequest:
     if isinstance(metadata, dict):
         found = metadata.get("name") or metadata.get("generateName") or ""
         name = found if isinstance(found, str) else ""
-    return AdmissionRequest(
-        uid=uid,
+    decided = Request(
         kind=str(kind.get("kind") or ""),
+        object=obj,
         operation=operation,
         subresource=_field(request, "subResource", str, "request") or "",
         namespace=_field(request, "namespace", str, "request") or "",
-        name=name or _field(request, "name", str, "request") or "",
-        dry_run=bool(request.get("dryRun")),
-        object=obj,
         old_object=old,
     )
+    return AdmissionRequest(
+        uid=uid,
+        name=name or _field(request, "name", str, "request") or "",
+        dry_run=bool(request.get("dryRun")),
+        policy_request=decided,
+    )
+
+
+def originals_record(originals: Mapping[str, str]) -> str:
+    """This request's originals as the record encodes them (keys sorted)."""
+    fresh = originals if type(originals) is dict else dict(originals)
+    return orjson.dumps(fresh, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def original_images_annotation(
+    existing: Mapping[str, Any] | None, originals: Mapping[str, str]
+) -> tuple[str, bool]:
+    """The annotation value, earlier records kept and this request's originals added;
+    and whether an earlier record was there (else the value is originals_record())."""
+    if not existing or not existing.get(ORIGINAL_IMAGES_ANNOTATION):
+        return originals_record(originals), False  # the usual CREATE
+    merged: dict[str, str] = {}
+    try:
+        previous = orjson.loads(existing[ORIGINAL_IMAGES_ANNOTATION])
+    except (TypeError, ValueError):
+        previous = {}
+    if isinstance(previous, dict):
+        merged.update({k: v for k, v in previous.items() if isinstance(v, str)})
+    merged.update(originals)
+    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode(), True
 
 
 def _escape(key: str) -> str:

@@ -36,7 +36,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tests.e2e.kubeapi import KubeAPIServer, free_port
 from webhook import config, pki, service
 from webhook.admission import Admitter, SecretEnsurer
-from webhook.policy import ORIGINAL_IMAGES_ANNOTATION
+from webhook.review import ORIGINAL_IMAGES_ANNOTATION
 
 SELECTOR_LABEL = "e2e.image-proxy-webhook.io/test"
 PROBE_OVERRIDE = {"match": "quay.io/e2e-ready/*", "visibility": "private"}

@@ -43,8 +43,9 @@ from webhook import config
 from webhook import review as wire
 from webhook.__main__ import main
 from webhook.admission import Admitter
-from webhook.policy import ORIGINAL_IMAGES_ANNOTATION, WARNING_MAX
+from webhook.policy import WARNING_MAX
 from webhook.probes import Visibility
+from webhook.review import ORIGINAL_IMAGES_ANNOTATION
 from webhook.server import webhook_app
 
 D = "sha256:" + "ab" * 32
