@@ -24,7 +24,7 @@ import pytest
 
 from tests.image import rootfs
 from tests.image.build import IMAGE_REF, REPO, WebhookImage
-from tests.image.conftest import Server, Unpacked, start_server, stop_server
+from tests.image.running import Server, Unpacked, start_server, stop_server
 
 NON_ROOT = 65532  # the chart's securityContext.runAsUser and runAsGroup
 
