@@ -51,14 +51,16 @@ class Tally:
     closed: int = 0  # closed by the server
     answered: int = 0  # connections on which the server wrote anything
     lifetimes: list[float] = field(default_factory=list)  # connect to close, in seconds
+    answer_times: list[float] = field(default_factory=list)  # connect to the first byte
 
     def summary(self) -> dict[str, object]:
         data = asdict(self)
-        lifetimes = sorted(data.pop("lifetimes"))
-        if lifetimes:
-            data["lifetime_min"] = round(lifetimes[0], 3)
-            data["lifetime_median"] = round(lifetimes[len(lifetimes) // 2], 3)
-            data["lifetime_max"] = round(lifetimes[-1], 3)
+        for name in ("lifetime", "answer_time"):
+            values = sorted(data.pop(f"{name}s"))
+            if values:
+                data[f"{name}_min"] = round(values[0], 3)
+                data[f"{name}_median"] = round(values[len(values) // 2], 3)
+                data[f"{name}_max"] = round(values[-1], 3)
         return data
 
 
@@ -109,8 +111,10 @@ async def connection(
         elif kind == "slow-body":
             dripping = asyncio.create_task(_drip(writer, drip))
         try:
-            if await _until_closed(reader, stop):
+            answered = await _until_closed(reader, stop)
+            if answered is not None:
                 tally.answered += 1
+                tally.answer_times.append(answered - opened)
             if not stop.is_set():
                 tally.closed += 1
                 tally.lifetimes.append(time.monotonic() - opened)
@@ -133,9 +137,9 @@ async def _drip(writer: asyncio.StreamWriter, every: float) -> None:
             writer.write(bytes([byte]))
 
 
-async def _until_closed(reader: asyncio.StreamReader, stop: asyncio.Event) -> bool:
-    """Reads until the server closes (or ``stop``); whether it wrote anything."""
-    wrote = False
+async def _until_closed(reader: asyncio.StreamReader, stop: asyncio.Event) -> float | None:
+    """Reads until the server closes (or ``stop``); when it first wrote, if it did."""
+    wrote = None
     stopping = asyncio.create_task(stop.wait())
     try:
         while True:
@@ -150,7 +154,8 @@ async def _until_closed(reader: asyncio.StreamReader, stop: asyncio.Event) -> bo
                 return wrote
             if not data:
                 return wrote
-            wrote = True
+            if wrote is None:
+                wrote = time.monotonic()
     finally:
         stopping.cancel()
 

@@ -12,7 +12,9 @@ Overload: past ``server.maxAdmissionsInFlight`` admissions, or
 before its body is read, with 503 and ``Retry-After: 1`` (client-go, in the API
 server, retries that within the webhook's timeout; otherwise the failurePolicy
 applies, exactly as for a webhook that cannot be reached). Queueing it instead would
-only answer it after the API server has given up.
+only answer it after the API server has given up. A request still waiting for its
+body gives its place up, with 408, to the request of a client holding fewer places
+(:class:`Gate`), so that one client's slow bodies cannot keep the API server out.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from aiohttp import hdrs, web
 
@@ -38,10 +42,39 @@ JSON = "application/json"
 IDENTITY = frozenset({"", "identity"})
 
 
+class Place:
+    """One admission's place in the gate: the bytes it holds, and while its body is
+    still arriving, the timer that can cut the wait short."""
+
+    __slots__ = ("cut", "holder", "size", "timer")
+
+    def __init__(self, size: int, holder: _Holder) -> None:
+        self.size = size
+        self.holder = holder
+        self.timer: asyncio.Timeout | None = None
+        self.cut = False  # its wait was cut short to make room for another client
+
+
+class _Holder:
+    """The places one client (source address) holds."""
+
+    __slots__ = ("client", "count", "waiting")
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.count = 0
+        # the places whose bodies are still arriving, the longest waiting first
+        self.waiting: OrderedDict[Place, None] = OrderedDict()
+
+
 class Gate:
     """Admissions in flight: their number and the bytes of their bodies, both bounded.
 
-    A body of unknown length (chunked) is counted at the largest accepted size.
+    A body of unknown length (chunked) is counted at the largest accepted size. When
+    the gate is full, a request is not refused while clients holding more places than
+    its own have bodies still arriving: the longest such wait of the largest holder
+    is cut short (408) and its place goes to the new request. So one client sending
+    slow bodies holds the places only while no one else needs them.
     """
 
     def __init__(self, settings: ServerSettings) -> None:
@@ -49,17 +82,67 @@ class Gate:
         self.max_bytes = settings.max_body_bytes_in_flight
         self.count = 0
         self.bytes = 0
+        self.holders: dict[str, _Holder] = {}
 
-    def enter(self, size: int) -> bool:
-        if self.count >= self.max_count or self.bytes + size > self.max_bytes:
-            return False
+    def enter(self, size: int, client: str) -> Place | None:
+        """A place for ``size`` bytes, or None: full, and nothing to cut short."""
+        holder = self.holders.get(client)
+        if (self.count >= self.max_count or self.bytes + size > self.max_bytes) and not (
+            self._make_room(size, 0 if holder is None else holder.count)
+        ):
+            return None
+        if holder is None:
+            holder = self.holders[client] = _Holder(client)
+        holder.count += 1
         self.count += 1
         self.bytes += size
-        return True
+        return Place(size, holder)
 
-    def leave(self, size: int) -> None:
+    def leave(self, place: Place) -> None:
         self.count -= 1
-        self.bytes -= size
+        self.bytes -= place.size
+        holder = place.holder
+        holder.count -= 1
+        if place.timer is not None:
+            holder.waiting.pop(place, None)
+        if not holder.count:
+            del self.holders[holder.client]
+
+    def waiting(self, place: Place, timer: asyncio.Timeout) -> None:
+        """The place's body is still arriving; ``timer`` ends the wait."""
+        place.timer = timer
+        place.holder.waiting[place] = None
+
+    def arrived(self, place: Place) -> None:
+        place.holder.waiting.pop(place, None)
+
+    def _make_room(self, size: int, mine: int) -> bool:
+        """Cuts short the body waits of the clients holding more places than ``mine``
+        (the largest holder first, its longest wait first) until ``size`` bytes fit;
+        cuts nothing and answers False when that is not enough."""
+        count, held = self.count, self.bytes
+        cuts: list[Place] = []
+        taken: dict[_Holder, int] = {}
+        while count >= self.max_count or held + size > self.max_bytes:
+            largest, most = None, mine + 1
+            for holder in self.holders.values():
+                left = holder.count - taken.get(holder, 0)
+                if left > most and len(holder.waiting) > taken.get(holder, 0):
+                    largest, most = holder, left
+            if largest is None:
+                return False
+            place = next(islice(largest.waiting, taken.get(largest, 0), None))
+            taken[largest] = taken.get(largest, 0) + 1
+            cuts.append(place)
+            count -= 1
+            held -= place.size
+        loop = asyncio.get_running_loop()
+        for place in cuts:
+            place.holder.waiting.pop(place)
+            place.cut = True
+            assert place.timer is not None
+            place.timer.reschedule(loop.time())
+        return True
 
 
 @dataclass
@@ -118,60 +201,83 @@ def _too_large(most: int) -> str:
     return f"request body larger than {most} bytes (server.maxRequestBytes)"
 
 
-def _handler(
-    endpoint: Endpoint, admitter: Admitter, gate: Gate
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The endpoint's handler; what it needs of the settings is bound once, here."""
-    settings = admitter.settings.server
-    most = settings.max_request_bytes
-    deadline = settings.admission_deadline_seconds
-    cap = settings.max_json_values
-    admit = admitter.admit
+class _Endpoint:
+    """The handler of one endpoint; what it needs of the settings is bound once."""
 
-    async def handle(request: web.Request) -> web.Response:
+    def __init__(self, endpoint: Endpoint, admitter: Admitter, gate: Gate) -> None:
+        settings = admitter.settings.server
+        self.endpoint = endpoint
+        self.admitter = admitter
+        self.gate = gate
+        self.most = settings.max_request_bytes
+        self.deadline = settings.admission_deadline_seconds
+        self.cap = settings.max_json_values
+        self.admit = admitter.admit
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Refused from the headers, or given a place; then the body read and answered."""
         length = request.content_length
-        refusal = _refusal(request, length, most)
+        refusal = _refusal(request, length, self.most)
         if refusal is not None:
-            _count_error(admitter, endpoint, "encoding" if refusal.status == 415 else "too-large")
+            self._count("encoding" if refusal.status == 415 else "too-large")
             return refusal
-        size = most if length is None else length
-        if not gate.enter(size):
-            return _overloaded(request, admitter, endpoint, gate)
+        place = self.gate.enter(self.most if length is None else length, request.remote or "")
+        if place is None:
+            return _overloaded(request, self.admitter, self.endpoint, self.gate)
         try:
-            # Read the body within the deadline, then answer it.
-            try:
-                if request.content.is_eof():
-                    # The whole body has arrived already (the usual case): no timer to arm.
-                    body = await request.read()
-                else:
-                    async with asyncio.timeout(deadline):
-                        body = await request.read()
-            except TimeoutError:
-                _count_error(admitter, endpoint, "body-timeout")
-                return _error(408, f"request body not received within {deadline:g}s")
-            except web.HTTPRequestEntityTooLarge:
-                _count_error(admitter, endpoint, "too-large")
-                return _error(413, _too_large(most))
-            if _too_many_values(body, cap):
-                _count_error(admitter, endpoint, "bad-request")
-                return _error(
-                    400, f"request body holds more than {cap} JSON values (server.maxJsonValues)"
-                )
-            try:
-                outcome = await admit(body, endpoint)
-            except review.ReviewError as exc:
-                log.warning("%s: bad request from %s: %s", endpoint, request.remote, exc)
-                _count_error(admitter, endpoint, "bad-request")
-                return _error(400, str(exc))
-            except Exception:
-                log.exception("%s: unexpected error answering an admission request", endpoint)
-                _count_error(admitter, endpoint, "internal-error")
-                return _internal_error_answer(body, endpoint)
-            return web.Response(body=review.encode(outcome.answer), content_type=JSON)
+            body = await self._read(request, place)
+            if isinstance(body, web.Response):
+                return body
+            return await self._answer(request, body)
         finally:
-            gate.leave(size)
+            self.gate.leave(place)
 
-    return handle
+    async def _read(self, request: web.Request, place: Place) -> bytes | web.Response:
+        """The body, within the deadline (unless its wait is cut short for another
+        client's request); a 408 or 413 when it does not come."""
+        try:
+            if request.content.is_eof():
+                # The whole body has arrived already (the usual case): no timer to arm.
+                return await request.read()
+            async with asyncio.timeout(self.deadline) as timer:
+                self.gate.waiting(place, timer)
+                body = await request.read()
+            self.gate.arrived(place)
+            return body
+        except TimeoutError:
+            self._count("body-timeout")
+            if place.cut:
+                return _error(
+                    408,
+                    "request body not received in time: its place was given to a request "
+                    "of another client (server.maxAdmissionsInFlight)",
+                )
+            return _error(408, f"request body not received within {self.deadline:g}s")
+        except web.HTTPRequestEntityTooLarge:
+            self._count("too-large")
+            return _error(413, _too_large(self.most))
+
+    async def _answer(self, request: web.Request, body: bytes) -> web.Response:
+        """The admission's answer, or the 400 (or internal-error answer) instead."""
+        if _too_many_values(body, self.cap):
+            self._count("bad-request")
+            return _error(
+                400, f"request body holds more than {self.cap} JSON values (server.maxJsonValues)"
+            )
+        try:
+            outcome = await self.admit(body, self.endpoint)
+        except review.ReviewError as exc:
+            log.warning("%s: bad request from %s: %s", self.endpoint, request.remote, exc)
+            self._count("bad-request")
+            return _error(400, str(exc))
+        except Exception:
+            log.exception("%s: unexpected error answering an admission request", self.endpoint)
+            self._count("internal-error")
+            return _internal_error_answer(body, self.endpoint)
+        return web.Response(body=review.encode(outcome.answer), content_type=JSON)
+
+    def _count(self, reason: str) -> None:
+        _count_error(self.admitter, self.endpoint, reason)
 
 
 def _overloaded(
@@ -213,8 +319,8 @@ def webhook_app(admitter: Admitter) -> web.Application:
     settings = admitter.settings.server
     app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[track])
     gate = Gate(settings)
-    app.router.add_post("/mutate", _handler("mutate", admitter, gate))
-    app.router.add_post("/validate", _handler("validate", admitter, gate))
+    app.router.add_post("/mutate", _Endpoint("mutate", admitter, gate).handle)
+    app.router.add_post("/validate", _Endpoint("validate", admitter, gate).handle)
     return app
 
 

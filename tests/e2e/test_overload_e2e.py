@@ -218,7 +218,7 @@ async def test_connections_the_api_server_opens_to_the_webhook(
     assert 1 <= sampler.most <= at_once + 2
 
 
-@pytest.mark.parametrize("kind", ["idle", "half-headers"])
+@pytest.mark.parametrize("kind", ["idle", "half-headers", "slow-body"])
 async def test_pods_created_while_one_client_holds_the_connection_table(
     kube_apiserver: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path, kind: str
 ) -> None:

@@ -457,3 +457,44 @@ async def test_600_connections_sending_half_their_headers_are_closed_after_the_t
     # the 512 connections that nothing came after to make room for: the timeout closed them
     assert sorted(tally.lifetimes)[ATTACK - TABLE] >= 3 * 0.8
     assert await eventually(lambda: open_fds(process.pid) <= fds_before + 2, timeout=SLACK)
+
+
+async def test_512_slow_requests_of_one_client_beside_normal_admissions(
+    prompt: tuple[ServerProcess, Any],
+) -> None:
+    """One client keeps 512 connections busy with valid requests whose bodies drip (a
+    byte every 0.2 s), reopening each as it is closed: it holds at most
+    maxAdmissionsInFlight places (the rest are refused with 503 at once), each for
+    at most the admission deadline, and gives a place up whenever another client's
+    request needs one: that client's admissions are all answered."""
+    process, context = prompt
+    fds_before, rss_before = open_fds(process.pid), rss_kib(process.pid)
+    stop = asyncio.Event()
+    target = Target("127.0.0.1", process.port, context)
+    attack = asyncio.create_task(
+        attacks.attack(target, "slow-body", TABLE, stop, reopen=True, drip=0.2)
+    )
+    try:
+        assert await eventually(lambda: established(process) >= TABLE - 16, timeout=60)
+        fds_full, rss_full = open_fds(process.pid), rss_kib(process.pid)
+        statuses, seconds = await timed_admissions(process, context, 50)
+        held = established(process)
+        await asyncio.sleep(3 + SLACK)  # the admission deadline passes for every slow one
+    finally:
+        stop.set()
+        tally = await attack
+    print(
+        f"\nattack: {tally.summary()}\n"
+        f"admissions beside it: {milliseconds(seconds)}\n"
+        f"server descriptors {fds_before} -> {fds_full}, RSS {rss_before // 1024} -> "
+        f"{rss_full // 1024} MiB ({held} connections)"
+    )
+    assert statuses == [200] * 50
+    assert max(seconds) < 2.0
+    assert held <= TABLE + 1
+    assert fds_full - fds_before <= TABLE + 2
+    assert rss_full - rss_before < 64 * 1024
+    # each slow request was answered (503 at once, or 408 by the 3 s admission
+    # deadline or sooner when its place went to the other client)
+    assert tally.answered >= tally.opened - TABLE // 8
+    assert max(tally.answer_times) < 3 + SLACK

@@ -20,7 +20,7 @@ from webhook.images import ImageRef
 from webhook.metrics import Metrics
 from webhook.policy import Repository
 from webhook.probes import Visibility
-from webhook.server import MAX_BODY_BYTES, Health, health_app, webhook_app
+from webhook.server import MAX_BODY_BYTES, Gate, Health, Place, health_app, webhook_app
 
 PROXY = "proxy.replicated.com/proxy/my-app"
 SETTINGS = config.parse({"appSlug": "my-app", "licenseID": "lic", "namespaces": ["my-app"]})
@@ -510,3 +510,77 @@ async def test_the_json_values_cap_holds_at_its_boundary(
     status, answer = await post(f"{base}/mutate", b"[" * 49, client_ssl)  # 50: not above it
     assert status == 400
     assert answer["error"] != refused and "JSON" in answer["error"]
+
+
+# --- the gate: one client's slow bodies give way to another client's request ----------
+
+
+def _gate(count: int, size: int = 1000) -> Gate:
+    return Gate(
+        config.ServerSettings(max_admissions_in_flight=count, max_body_bytes_in_flight=size)
+    )
+
+
+async def _waiting(gate: Gate, place: Place) -> str:
+    """A request whose body never arrives: how its wait ended."""
+    try:
+        async with asyncio.timeout(60) as timer:
+            gate.waiting(place, timer)
+            await asyncio.Event().wait()
+    except TimeoutError:
+        return "cut" if place.cut else "deadline"
+    finally:
+        gate.leave(place)
+    return "arrived"
+
+
+async def test_a_full_gate_cuts_the_longest_wait_of_the_largest_holder() -> None:
+    gate = _gate(3)
+    places = [gate.enter(10, "attacker") for _ in range(3)]
+    assert all(places)
+    waits = [asyncio.create_task(_waiting(gate, p)) for p in places if p is not None]
+    await asyncio.sleep(0)
+    place = gate.enter(10, "api-server")
+    assert place is not None and not place.cut
+    assert await waits[0] == "cut"  # the longest waiting
+    await asyncio.sleep(0)
+    assert not waits[1].done() and not waits[2].done()
+    assert (gate.count, gate.bytes) == (3, 30)
+    assert gate.holders["attacker"].count == 2
+    for wait in waits[1:]:
+        wait.cancel()
+    await asyncio.gather(*waits[1:], return_exceptions=True)
+    gate.leave(place)
+    assert (gate.count, gate.bytes, gate.holders) == (0, 0, {})
+
+
+async def test_a_full_gate_refuses_when_no_larger_holder_has_a_body_on_the_way() -> None:
+    gate = _gate(2)
+    admitting = gate.enter(10, "attacker"), gate.enter(10, "attacker")  # bodies all here
+    assert gate.enter(10, "api-server") is None
+    # a client never cuts its own waits, nor those of a client holding no more than it
+    gate = _gate(2)
+    first, second = gate.enter(10, "a"), gate.enter(10, "b")
+    assert first is not None and second is not None
+    waits = [asyncio.create_task(_waiting(gate, p)) for p in (first, second)]
+    await asyncio.sleep(0)
+    assert gate.enter(10, "a") is None
+    assert gate.enter(10, "c") is None  # "a" and "b" hold one each: not more than c's 0 + 1
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    assert all(admitting)
+
+
+async def test_bytes_past_the_budget_cut_as_many_waits_as_they_need() -> None:
+    gate = _gate(10, size=1000)
+    places = [gate.enter(300, "attacker") for _ in range(3)]
+    waits = [asyncio.create_task(_waiting(gate, p)) for p in places if p is not None]
+    await asyncio.sleep(0)
+    big = gate.enter(700, "api-server")  # 900 + 700 > 1000: two waits of 300 cut
+    assert big is not None
+    assert await asyncio.gather(*waits[:2]) == ["cut", "cut"]
+    assert (gate.count, gate.bytes) == (2, 1000)
+    waits[2].cancel()
+    await asyncio.gather(waits[2], return_exceptions=True)
+    gate.leave(big)
