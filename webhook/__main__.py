@@ -23,6 +23,7 @@ import yaml
 from webhook import logs, pki, policy, review
 from webhook.admission import Admitter
 from webhook.config import ConfigError, Settings, load
+from webhook.egress import Egress
 from webhook.images import InvalidImageError, parse
 from webhook.visibility import VisibilityResolver, probing
 
@@ -119,7 +120,7 @@ async def _resolver(settings: Settings, offline: bool) -> AsyncIterator[Visibili
     if offline:
         yield None
         return
-    async with probing(settings) as resolver:
+    async with probing(settings, Egress.from_environ()) as resolver:
         yield resolver
 
 

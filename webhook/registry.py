@@ -349,23 +349,16 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
 
 
 def make_session(
-    settings: ProbeSettings,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    egress: Egress | None = None,
+    settings: ProbeSettings, guard: NetGuard, *, ssl_context: ssl.SSLContext | None = None
 ) -> aiohttp.ClientSession:
-    """The one shared probe session: the address guard, explicit timeouts.
+    """A probe session behind ``guard`` (every address it resolves or connects to), with
+    explicit timeouts.
 
-    ``ssl_context`` replaces the system trust store (tests pass one that trusts
-    their CA). ``egress`` (default: from the environment) names the proxies the
-    guard lets the session reach; RegistryClient picks the proxy of each
-    request. aiohttp's own reading of the environment stays off (``trust_env``):
-    it would also send credentials from ``~/.netrc``. No cookies are kept.
+    ``ssl_context`` replaces the system trust store (tests pass one that trusts their
+    CA). aiohttp's own reading of the environment stays off (``trust_env``): it would
+    also send credentials from ``~/.netrc``; RegistryClient picks each request's
+    proxy. No cookies are kept.
     """
-    egress = Egress.from_environ() if egress is None else egress
-    if egress.proxies:
-        log.info("registry probes go out through a proxy: %s", egress.describe())
-    guard = NetGuard.from_settings(settings, (p.endpoint for p in egress.proxies))
     seconds = settings.timeout_seconds
     connector = aiohttp.TCPConnector(
         resolver=GuardedResolver(guard),
@@ -391,18 +384,40 @@ def make_session(
 class RegistryClient:
     """Asks registries, anonymously, whether a repository can be pulled."""
 
+    @classmethod
+    def open(
+        cls,
+        settings: ProbeSettings,
+        egress: Egress,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> RegistryClient:
+        """A client on a session of its own (closed by :meth:`close`), the one address
+        guard shared by both, letting through the proxies ``egress`` names."""
+        if egress.proxies:
+            log.info("registry probes go out through a proxy: %s", egress.describe())
+        guard = NetGuard.from_settings(settings, (proxy.endpoint for proxy in egress.proxies))
+        session = make_session(settings, guard, ssl_context=ssl_context)
+        return cls(session, settings, guard, egress, clock=clock)
+
+    async def close(self) -> None:
+        await self._session.close()
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
         settings: ProbeSettings,
+        guard: NetGuard,
+        egress: Egress,
         *,
-        egress: Egress | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``guard``: the session's own; ``egress``: the proxies it may reach."""
         self._session = session
         self._settings = settings
-        self._guard = NetGuard.from_settings(settings)
-        self._egress = Egress.from_environ() if egress is None else egress
+        self._guard = guard
+        self._egress = egress
         self._tokens: TLRUCache[tuple[str, str, str], _Token] = TLRUCache(
             maxsize=TOKEN_CACHE_SIZE,
             ttu=lambda _key, token, now: now + token.lifetime,

@@ -26,6 +26,7 @@ from webhook import pki, pullsecrets, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.config import WEBHOOK_NAMESPACE_ENV, ServerSettings, Settings
 from webhook.connections import Listener
+from webhook.egress import Egress
 from webhook.metrics import Metrics
 from webhook.server import Health, health_app, webhook_app
 from webhook.visibility import probing
@@ -172,7 +173,9 @@ async def running(
             secrets = await _pull_secrets(stack, settings, metrics, webhook_namespace)
         else:
             stack.push_async_callback(secrets.close)
-        resolver = await stack.enter_async_context(probing(settings, metrics=metrics))
+        resolver = await stack.enter_async_context(
+            probing(settings, Egress.from_environ(), metrics=metrics)
+        )
         admitter = Admitter(
             settings,
             resolver=resolver,

@@ -31,6 +31,7 @@ from cachetools import TLRUCache
 
 from webhook import registry
 from webhook.config import Settings, VisibilitySettings
+from webhook.egress import Egress
 from webhook.images import ImageRef
 from webhook.policy import Repository
 from webhook.probes import ProbeResult, Reason, Visibility
@@ -323,14 +324,13 @@ class VisibilityResolver:
 
 @contextlib.asynccontextmanager
 async def probing(
-    settings: Settings, *, metrics: Metrics | None = None
+    settings: Settings, egress: Egress, *, metrics: Metrics | None = None
 ) -> AsyncIterator[VisibilityResolver]:
-    """The probe stack (session, registry client, resolver) for the server and the CLI,
-    closed in reverse order on exit."""
+    """The probe stack (registry client, resolver) for the server and the CLI, going
+    out through ``egress``; closed in reverse order on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        session = registry.make_session(settings.probe)
-        stack.push_async_callback(session.close)
-        client = registry.RegistryClient(session, settings.probe)
+        client = registry.RegistryClient.open(settings.probe, egress)
+        stack.push_async_callback(client.close)
         resolver = VisibilityResolver(
             settings.visibility,
             client.probe,

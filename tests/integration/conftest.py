@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.integration.registries import (
@@ -19,7 +18,7 @@ from tests.integration.registries import (
 )
 from webhook.config import ProbeSettings
 from webhook.egress import Egress
-from webhook.registry import RegistryClient, make_session
+from webhook.registry import RegistryClient
 
 PUSH_USERS = {"pusher": "push-secret"}
 
@@ -117,7 +116,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     Each client has its own session (closed at teardown), like the one per process
     the webhook runs.
     """
-    sessions: list[aiohttp.ClientSession] = []
+    clients: list[RegistryClient] = []
 
     async def factory(
         *,
@@ -136,10 +135,10 @@ async def make_client() -> AsyncIterator[ClientFactory]:
             max_concurrent=max_concurrent,
         )
         egress = egress or Egress()  # no proxy unless a test names one, whatever the env says
-        session = make_session(settings, ssl_context=ssl_context, egress=egress)
-        sessions.append(session)
-        return RegistryClient(session, settings, egress=egress, **client_options)
+        client = RegistryClient.open(settings, egress, ssl_context=ssl_context, **client_options)
+        clients.append(client)
+        return client
 
     yield factory
-    for session in sessions:
-        await session.close()
+    for client in clients:
+        await client.close()

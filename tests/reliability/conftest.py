@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "reliability: the issue-7 reliability and security suite")
+    config.addinivalue_line("markers", "reliability: the reliability and security suite")
     config.addinivalue_line(
         "markers", "slow: takes tens of seconds; deselect with -m 'not slow' for a quick run"
     )

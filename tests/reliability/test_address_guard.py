@@ -36,9 +36,10 @@ from tests.integration.test_probe_faults import (
     RedirectingRegistry,
 )
 from webhook.config import ProbeSettings
+from webhook.egress import Egress
 from webhook.images import parse
 from webhook.probes import ProbeResult, Reason, Visibility
-from webhook.registry import RegistryClient, make_session
+from webhook.registry import RegistryClient
 
 BLOCKED = ProbeResult(Visibility.UNKNOWN, Reason.BLOCKED_ADDRESS)
 
@@ -99,19 +100,18 @@ async def world() -> AsyncIterator[dict[str, Any]]:
     assert v6 is None or v6.connections == 0, "a blocked IPv6 loopback address was connected to"
 
 
-async def client(insecure: list[str], timeout: float = 2.0) -> tuple[RegistryClient, Any]:
+async def client(insecure: list[str], timeout: float = 2.0) -> RegistryClient:
     settings = ProbeSettings(timeout_seconds=timeout, insecure_registries=frozenset(insecure))
-    session = make_session(settings)
-    return RegistryClient(session, settings), session
+    return RegistryClient.open(settings, Egress())  # no proxy, whatever the env says
 
 
 async def probe(insecure: list[str], image: str) -> ProbeResult:
-    registry_client, session = await client(insecure)
+    registry_client = await client(insecure)
     try:
         ref = parse(image)
         return await registry_client.probe(ref.domain, ref.path, ref.reference)
     finally:
-        await session.close()
+        await registry_client.close()
 
 
 # Spellings of this machine's loopback, each refused by the guard as the address
@@ -193,13 +193,13 @@ async def test_a_registry_on_loopback_in_any_spelling_is_internal(
     world: dict[str, Any], host: str
 ) -> None:
     """The address it means, not "unknown": so onProbeFailure never sends it to the proxy."""
-    registry_client, session = await client([])
+    registry_client = await client([])
     try:
         # the registry domain as an image would carry it (the grammar may refuse the
         # dotted IPv6 forms in an image; they still arrive as redirects and realms)
         result = await registry_client.probe(f"{host}:{world['v4'].port}", "team/app", "v1")
     finally:
-        await session.close()
+        await registry_client.close()
     assert result == ProbeResult(Visibility.INTERNAL, Reason.BLOCKED_ADDRESS)
 
 

@@ -21,6 +21,7 @@ from tests.integration.test_probe_faults import SilentAcceptingRegistry
 from tests.reviews import pod, review
 from webhook import config
 from webhook.admission import Admitter
+from webhook.egress import Egress
 from webhook.visibility import probing
 
 PROBE_TIMEOUT = 1.0
@@ -52,7 +53,7 @@ async def test_admissions_queued_behind_a_silent_registry_wait_one_probe_timeout
         }
     )
     images = [silent_registry.image(f"team/app{i}") for i in range(3)]
-    async with probing(settings) as resolver:
+    async with probing(settings, Egress()) as resolver:
         admitter = Admitter(settings, resolver=resolver)
         loop = asyncio.get_running_loop()
         # the first admission takes the only place; the next two queue behind it

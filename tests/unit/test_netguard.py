@@ -208,8 +208,10 @@ class CountingListener:
 def session(
     insecure: frozenset[str] = frozenset(), egress: Egress | None = None
 ) -> aiohttp.ClientSession:
+    """A probe session whose guard lets through the proxies ``egress`` names."""
     settings = ProbeSettings(timeout_seconds=2.0, insecure_registries=insecure)
-    return make_session(settings, egress=egress or Egress())
+    proxies = (proxy.endpoint for proxy in (egress or Egress()).proxies)
+    return make_session(settings, NetGuard.from_settings(settings, proxies))
 
 
 async def blocked(client: aiohttp.ClientSession, url: str, proxy: str | None = None) -> bool:
