@@ -199,7 +199,7 @@ def rewritten(answer: Answer) -> bool:
 async def test_connections_the_api_server_opens_to_the_webhook(
     kube_apiserver: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path, at_once: int
 ) -> None:
-    """Dry-run creates, ``at_once`` at a time: the API server holds at most one connection
+    """Dry-run creates, ``at_once`` at a time: the API server holds about one connection
     to the webhook per call in flight (so its pool is the size of its concurrency, far
     below half of server.maxConnections at these rates)."""
     async with airgap_webhook(kube_apiserver, api, tmp_path) as (hook, app, _ca):
@@ -215,7 +215,8 @@ async def test_connections_the_api_server_opens_to_the_webhook(
         f"{sampler.most} connections to the webhook at once, opened {len(sampler.seen)} in "
         f"all, kept {kept} idle after"
     )
-    assert 1 <= sampler.most <= at_once + 2
+    # (a connection dialled for a call that an idle one then took may add a few)
+    assert 1 <= sampler.most <= 2 * at_once
 
 
 @pytest.mark.parametrize("kind", ["idle", "half-headers", "slow-body"])
@@ -250,7 +251,7 @@ async def test_pods_created_while_one_client_holds_the_connection_table(
             stdout=asyncio.subprocess.PIPE,
         )
         try:
-            for _ in range(600):  # until the attack holds the table
+            for _ in range(2400):  # until the attack holds the table (a loaded machine: slow)
                 if sampler.count(ATTACKER) >= table - 16:
                     break
                 await asyncio.sleep(0.05)

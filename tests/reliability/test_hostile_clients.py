@@ -430,7 +430,7 @@ async def test_600_idle_connections_of_one_client_do_not_keep_another_waiting(
         f"{rss_full // 1024} MiB with the table full ({held} connections)"
     )
     assert statuses == [200] * 50
-    assert max(seconds + fresh) < 2.0  # answered at once, not after a timeout (30 s)
+    assert max(seconds + fresh) < SLACK  # answered at once, not after a timeout (30 s)
     assert held <= TABLE + 1
     assert fds_full - fds_before <= TABLE + 2
     assert rss_full - rss_before < 64 * 1024  # about 65 KiB per TLS connection
@@ -490,7 +490,7 @@ async def test_512_slow_requests_of_one_client_beside_normal_admissions(
         f"{rss_full // 1024} MiB ({held} connections)"
     )
     assert statuses == [200] * 50
-    assert max(seconds) < 2.0
+    assert max(seconds) < SLACK
     assert held <= TABLE + 1
     assert fds_full - fds_before <= TABLE + 2
     assert rss_full - rss_before < 64 * 1024
