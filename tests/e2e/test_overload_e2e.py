@@ -251,11 +251,12 @@ async def test_pods_created_while_one_client_holds_the_connection_table(
             stdout=asyncio.subprocess.PIPE,
         )
         try:
+            held = 0
             for _ in range(2400):  # until the attack holds the table (a loaded machine: slow)
-                if sampler.count(ATTACKER) >= table - 16:
+                held = sampler.count(ATTACKER)
+                if held >= table - 16:
                     break
                 await asyncio.sleep(0.05)
-            held = sampler.count(ATTACKER)
             started = time.monotonic()
             names = [f"p{i}" for i in range(256)]
             answers = await create_all(api, app, names, 16, dry_run=False)
