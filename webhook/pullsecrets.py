@@ -15,7 +15,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -358,23 +357,3 @@ class PullSecrets:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-async def api_client() -> client.ApiClient | None:
-    """The Kubernetes client: in-cluster service account, else KUBECONFIG/~/.kube/config."""
-    from kubernetes_asyncio import config as kube_config
-
-    configuration = client.Configuration()
-    try:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except kube_config.ConfigException:
-        try:
-            # KUBECONFIG is read now: kubernetes_asyncio reads it once, at import.
-            await kube_config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None,
-                client_configuration=configuration,
-            )
-        except (kube_config.ConfigException, OSError) as exc:
-            log.warning("no Kubernetes API configured (%s): pull secrets are not managed", exc)
-            return None
-    return client.ApiClient(configuration)

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook import pki, pullsecrets
+from webhook import pki
 from webhook.config import SelfManagedTLSSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -406,26 +406,23 @@ class SelfManagedTLS:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.api.close()
 
 
-async def start(settings: Settings, namespace: str) -> SelfManagedTLS | None:
-    """With ``selfManagedTLS`` configured: the Secret read or created and the serving
-    pair written to server.certFile/keyFile; None otherwise."""
+async def start(
+    settings: Settings, namespace: str, api: client.ApiClient | None
+) -> SelfManagedTLS | None:
+    """With ``selfManagedTLS`` configured: the Secret read or created through ``api`` (the
+    caller's, which it closes) and the serving pair written to server.certFile/keyFile;
+    None otherwise."""
     if settings.self_managed_tls is None:
         return None
     if not namespace:
         raise SelfManagedTLSError(
             "selfManagedTLS: the webhook's namespace is unknown (set POD_NAMESPACE)"
         )
-    api = await pullsecrets.api_client()
     if api is None:
         raise SelfManagedTLSError("selfManagedTLS: no Kubernetes API configured")
     paths = pki.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
     manager = SelfManagedTLS(api, settings.self_managed_tls, namespace, paths)
-    try:
-        await manager.start()
-    except BaseException:
-        await api.close()
-        raise
+    await manager.start()
     return manager

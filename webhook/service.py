@@ -16,13 +16,15 @@ import logging
 import os
 import resource
 import signal
+import ssl
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kubernetes_asyncio import client
 
-from webhook import pki, pullsecrets, selfcerts, tls
+from webhook import cluster, pki, pullsecrets, selfcerts, tls
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.config import WEBHOOK_NAMESPACE_ENV, ServerSettings, Settings
 from webhook.connections import Listener
@@ -113,14 +115,59 @@ def _background(
     stack.push_async_callback(cancel)
 
 
-async def _pull_secrets(
-    stack: contextlib.AsyncExitStack, settings: Settings, metrics: Metrics, webhook_namespace: str
+async def _kubernetes(
+    stack: contextlib.AsyncExitStack, settings: Settings, manage_secrets: bool
+) -> tuple[client.ApiClient | None, str]:
+    """The one Kubernetes API client, when self-managed TLS or the pull secrets need it
+    (closed after them), or None and why there is none."""
+    if settings.self_managed_tls is None and not manage_secrets:
+        return None, ""
+    try:
+        kube = await cluster.api_client()
+    except cluster.NoAPIError as exc:
+        return None, str(exc)
+    stack.push_async_callback(kube.close)
+    return kube, ""
+
+
+async def _certificates(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    kube: client.ApiClient | None,
+    namespace: str,
+    health: Health,
+    metrics: Metrics,
+    reload_interval: float,
+) -> ssl.SSLContext:
+    """The serving context, reloaded in the background; self-managed certificates (in
+    the webhook's ``namespace``) are fetched or made first, and renewed."""
+    # selfManagedTLS: the certificate files are written from the Secret before they load.
+    self_managed = await selfcerts.start(settings, namespace, kube)
+    if self_managed is not None:
+        stack.push_async_callback(self_managed.close)
+    paths = certificate(settings, stack)
+    context = tls.server_context(paths)
+    reloader = tls.CertificateReloader(context, paths, reload_interval)
+    health.checks["certificate"] = lambda: reloader.healthy
+    metrics.track_certificate_expiry(lambda: reloader.not_after)
+    if self_managed is not None:
+        self_managed.follow(reloader.check)
+    _background(stack, reloader.run(), "certificate-reload")
+    return context
+
+
+def _pull_secrets(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    kube: client.ApiClient | None,
+    missing: str,
+    metrics: Metrics,
+    webhook_namespace: str,
 ) -> SecretEnsurer | None:
     """The pull-secret manager with its background loop, or None without an API server."""
-    kube = await pullsecrets.api_client()
     if kube is None:
+        log.warning("%s: pull secrets are not managed", missing)
         return None
-    stack.push_async_callback(kube.close)
     manager = pullsecrets.PullSecrets(
         kube,
         settings,
@@ -131,6 +178,31 @@ async def _pull_secrets(
     stack.push_async_callback(manager.close)
     _background(stack, manager.run(), "pull-secrets")
     return manager
+
+
+async def _webhook_port(
+    stack: contextlib.AsyncExitStack,
+    admitter: Admitter,
+    context: ssl.SSLContext,
+    metrics: Metrics,
+    server: ServerSettings,
+) -> None:
+    """The webhook's TLS port, drained on exit within shutdownTimeoutSeconds."""
+    hooks = Listener(server)
+    metrics.open_connections.set_function(lambda: hooks.open_connections)
+    await _listen(
+        stack,
+        webhook_app(admitter),
+        hooks,
+        server.host,
+        server.port,
+        context,
+        shutdown_timeout=CUT_SECONDS,
+        auto_decompress=False,
+        # aiohttp's own keep-alive timer: a backstop the listener's timers beat
+        keepalive_timeout=server.idle_timeout_seconds + server.header_timeout_seconds,
+    )
+    stack.push_async_callback(hooks.drain, server.shutdown_timeout_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -151,26 +223,16 @@ async def running(
     metrics = metrics or Metrics()
     health = health or Health()
     server = settings.server
+    webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
     async with contextlib.AsyncExitStack() as stack:
         probes = Listener(server)
         await _listen(stack, health_app(health, metrics), probes, server.host, server.health_port)
-
-        webhook_namespace = os.environ.get(WEBHOOK_NAMESPACE_ENV, "")
-        # selfManagedTLS: the certificate files are written from the Secret before they load.
-        self_managed = await selfcerts.start(settings, webhook_namespace)
-        if self_managed is not None:
-            stack.push_async_callback(self_managed.close)
-        paths = certificate(settings, stack)
-        context = tls.server_context(paths)
-        reloader = tls.CertificateReloader(context, paths, reload_interval)
-        health.checks["certificate"] = lambda: reloader.healthy
-        metrics.track_certificate_expiry(lambda: reloader.not_after)
-        if self_managed is not None:
-            self_managed.follow(reloader.check)
-        _background(stack, reloader.run(), "certificate-reload")
-
+        kube, missing = await _kubernetes(stack, settings, manage_secrets=secrets is None)
+        context = await _certificates(
+            stack, settings, kube, webhook_namespace, health, metrics, reload_interval
+        )
         if secrets is None:
-            secrets = await _pull_secrets(stack, settings, metrics, webhook_namespace)
+            secrets = _pull_secrets(stack, settings, kube, missing, metrics, webhook_namespace)
         else:
             stack.push_async_callback(secrets.close)
         resolver = await stack.enter_async_context(
@@ -183,22 +245,7 @@ async def running(
             metrics=metrics,
             webhook_namespace=webhook_namespace,
         )
-
-        hooks = Listener(server)
-        metrics.open_connections.set_function(lambda: hooks.open_connections)
-        await _listen(
-            stack,
-            webhook_app(admitter),
-            hooks,
-            server.host,
-            server.port,
-            context,
-            shutdown_timeout=CUT_SECONDS,
-            auto_decompress=False,
-            # aiohttp's own keep-alive timer: a backstop the listener's timers beat
-            keepalive_timeout=server.idle_timeout_seconds + server.header_timeout_seconds,
-        )
-        stack.push_async_callback(hooks.drain, server.shutdown_timeout_seconds)
+        await _webhook_port(stack, admitter, context, metrics, server)
         stack.callback(setattr, health, "shutting_down", True)  # first on exit
         health.serving = True
         log.info(

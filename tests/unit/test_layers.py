@@ -38,7 +38,8 @@ LAYERS: Layers = (
             "netguard",
             "registry",
             "visibility",
-            "pullsecrets",  # the cluster: the API server
+            "cluster",  # the cluster: the API server
+            "pullsecrets",
             "selfcerts",
         ),
     ),
