@@ -42,8 +42,8 @@ import yaml
 from chartlib import NAMESPACE, Rendered, RenderFn
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes.registries import HangingRegistry
 from tests.integration.registries import Registry, free_port, require_registry_binary
-from tests.integration.test_probe_faults import HangingRegistry
 from tests.reliability.harness import FakeThread, ServerProcess, write_config
 from tests.reviews import pod, review
 from webhook import pki

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.registries import Registry, TestCA, TokenServer, free_port, require_binary
-from tests.integration.test_probe_faults import (
+from tests.fakes.registries import (
     BearerRegistry,
     FakeRegistry,
     PublicRegistry,
     RedirectingRegistry,
 )
+from tests.integration.registries import Registry, TestCA, TokenServer, free_port, require_binary
 from tests.integration.tinyproxy import TinyProxy
 from webhook.egress import Egress
 from webhook.probes import ProbeResult, Reason, Visibility

@@ -37,8 +37,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.fakes.registries import FakeRegistry, RawRegistry
 from tests.integration.registries import can_bind_low_ports, free_loopback_address, free_port
-from tests.integration.test_probe_faults import FakeRegistry, RawRegistry
 from webhook import pki
 
 REPO = Path(__file__).resolve().parents[2]

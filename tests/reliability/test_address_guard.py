@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_probe_faults import (
+from tests.fakes.registries import (
     BearerRegistry,
     PublicRegistry,
     RedirectingRegistry,

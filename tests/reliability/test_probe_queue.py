@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.test_probe_faults import SilentAcceptingRegistry
+from tests.fakes.registries import SilentAcceptingRegistry
 from tests.reviews import pod, review
 from webhook import config
 from webhook.admission import Admitter

@@ -33,8 +33,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.registries import TestCA
-from tests.integration.test_probe_faults import (
+from tests.fakes.registries import (
     ErroringRegistry,
     HangingRegistry,
     RateLimitingRegistry,
@@ -42,6 +41,7 @@ from tests.integration.test_probe_faults import (
     ResettingRegistry,
     SilentAcceptingRegistry,
 )
+from tests.integration.registries import TestCA
 from tests.reliability.harness import (
     FakeThread,
     Sock,

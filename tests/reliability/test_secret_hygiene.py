@@ -39,7 +39,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as kube_client
 
-from tests.integration.test_probe_faults import HangingRegistry
+from tests.fakes.registries import HangingRegistry
 from tests.loopback import serve_app
 from tests.reliability.harness import (
     FakeThread,

@@ -39,7 +39,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.integration.test_probe_faults import FakeRegistry
+from tests.fakes.registries import FakeRegistry
 from tests.reliability.harness import FakeThread, ServerProcess, certificates, write_config
 from tests.reviews import pod, review
 
