@@ -28,12 +28,20 @@ it free again, so that no close ever lands between a handler's return and its
 answer.
 
 Drain (SIGTERM): stop accepting, cancel handshakes in progress (their requests were
-never read), close every idle connection at once, and answer every request already
-read with ``Connection: close``; the process exits when the last connection closes
-or at ``server.shutdownTimeoutSeconds``. A request written on a keep-alive
-connection as it is closed is never read: its client sees the connection close
-without an answer, which Go's HTTP client (the API server's) reports as an error
-before any byte of an answer, never as half an answer.
+never read), answer every request with ``Connection: close`` and close its
+connection after the answer, and close a connection that stays idle for
+:data:`DRAIN_IDLE_SECONDS`; the process exits when the last connection closes or at
+``server.shutdownTimeoutSeconds``.
+
+Why idle connections are not closed at once: by SIGTERM the preStop pause has taken
+the Pod out of the endpoints, so the API server opens no new connection to it, but
+it still sends on the kept-alive ones it holds (it picks an endpoint only when it
+dials). A request it writes just as the server closes such a connection is never
+read: Go's HTTP client (the API server's) reports the close as an error (``EOF``)
+and does not resend a POST, so the API server applies the webhook's
+``failurePolicy``: a Pod created unmutated, or refused. Answering the next request
+with ``Connection: close`` instead ends the connection without that race; only a
+connection the client leaves idle for a whole second is closed under it.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ from webhook.config import ServerSettings
 log = logging.getLogger(__name__)
 
 BACKLOG = 128
+# While draining, a kept-alive connection idle this long is closed; one in use is
+# closed after the answer to its next request (module docstring).
+DRAIN_IDLE_SECONDS = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -287,9 +298,15 @@ class Connection(asyncio.Protocol):
         elif self.handshake is not None:
             self.handshake.cancel()
 
-    def close_if_idle(self) -> None:
-        if self.idle and self.transport is not None:
-            self.transport.close()
+    def close_when_idle_for(self, seconds: float) -> None:
+        """Drain: close once idle for ``seconds``. A request that begins first is
+        answered with ``Connection: close``, and :meth:`end` closes the connection."""
+        if not self.idle or self.transport is None:
+            return
+        self._deadline = min(self._deadline, self._loop.time() + seconds)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm()
 
 
 @web.middleware
@@ -457,10 +474,10 @@ class Listener:
         self._close_sockets()
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting; close idle connections; wait up to ``timeout`` for the rest.
+        """Stop accepting; close each connection after its next answer, or once idle
+        for :data:`DRAIN_IDLE_SECONDS`; wait up to ``timeout`` for them all to close.
 
-        Requests already read are answered with ``Connection: close``; see the module
-        docstring.
+        See the module docstring for why idle connections get that second.
         """
         self.draining = True
         await self.stop_accepting()
@@ -469,7 +486,7 @@ class Listener:
             task.cancel()
         await _settle(handshakes)
         for connection in list(self._open):
-            connection.close_if_idle()
+            connection.close_when_idle_for(DRAIN_IDLE_SECONDS)
         if self._open:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
