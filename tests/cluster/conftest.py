@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.helm import helm_binary, helm_missing
 from tests.cluster.images import pause_image
 from tests.cluster.node import Cluster, Timings, kube_binary, missing_piece, running_cluster
 from tests.cluster.node_registries import (
@@ -22,6 +23,7 @@ from tests.cluster.node_registries import (
     push_archive,
     start_registry,
 )
+from tests.image.build import build_webhook_image
 from tests.integration.registries import Registry
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +48,18 @@ def pytest_terminal_summary(
             f"teardown {timings.teardown:.1f} s; RSS of all its processes "
             f"{timings.rss_ready_mib:.0f} MiB at Ready, {timings.rss_end_mib:.0f} MiB at the end"
         )
+        steps = ", ".join(
+            f"{what} {seconds:.1f} s" for what, seconds in timings.teardown_steps.items()
+        )
+        terminalreporter.write_line(f"cluster teardown: {steps}")
+
+
+def require(reason: str | None) -> None:
+    """Skip for a missing piece locally; under CI=true, where nothing may skip, fail."""
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"cluster: {reason}", pytrace=False)
+        pytest.skip(f"cluster: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +67,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[Cluster]:
     """A one-node cluster in a network namespace of its own, for the whole session."""
-    reason = missing_piece()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cluster: {reason}", pytrace=False)
-        pytest.skip(f"cluster: {reason}")
+    require(missing_piece())
     with running_cluster(tmp_path_factory.mktemp("cluster")) as node:
         pytestconfig.stash[TIMINGS] = node.timings
         yield node
@@ -111,3 +121,32 @@ def tiny_images(
         pause_image(archive, name=name, pause_binary=kube_binary("pause"))
         pushed[kind] = push_archive(cluster, registry, archive, repository, "v1")
     return TinyImages(private=pushed["private"], public=pushed["public"])
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The real Helm v4 CLI (.ci/install-helm)."""
+    require(helm_missing())
+    return helm_binary()
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    repository: str  # registry/path, as the chart's image.repository
+    tag: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@pytest.fixture(scope="session")
+def webhook_image(
+    cluster: Cluster, node_registries: NodeRegistries, tmp_path_factory: pytest.TempPathFactory
+) -> PushedImage:
+    """The webhook's image built from the working tree (.ci/build-image), in the public
+    registry of the node."""
+    built = build_webhook_image(tmp_path_factory.mktemp("webhook-image"))
+    repository, tag = "my-app/image-proxy-webhook", "test"
+    push_archive(cluster, node_registries.public, built.archive, repository, tag)
+    return PushedImage(f"{node_registries.public.domain}/{repository}", tag)

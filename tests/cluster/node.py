@@ -92,9 +92,13 @@ class ClusterError(RuntimeError):
     """The node could not be brought up or put away cleanly."""
 
 
+def kube_binary_dir() -> Path:
+    """Where .ci/build-kubernetes and .ci/install-helm cache their binaries."""
+    return Path(os.environ.get("KUBE_APISERVER_CACHE", DEFAULT_CACHE_DIR))
+
+
 def kube_binary(name: str) -> Path:
-    cache = os.environ.get("KUBE_APISERVER_CACHE", DEFAULT_CACHE_DIR)
-    return Path(cache) / f"{name}-{KUBE_VERSION}"
+    return kube_binary_dir() / f"{name}-{KUBE_VERSION}"
 
 
 def missing_piece() -> str | None:
@@ -123,6 +127,7 @@ class Timings:
 
     bring_up: float = 0.0  # start() called -> node Ready
     teardown: float = 0.0
+    teardown_steps: dict[str, float] = field(default_factory=dict)
     rss_ready_mib: float = 0.0  # every process of the cluster, at node Ready
     rss_end_mib: float = 0.0  # the same, before teardown (with what the tests left running)
 
@@ -533,10 +538,12 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         inside: list[str] = []
 
         def step(what: str, action: Callable[[], object]) -> None:
+            started = time.monotonic()
             try:
                 action()
             except Exception as exc:
                 problems.append(f"{what}: {exc!r}")
+            self.timings.teardown_steps[what] = time.monotonic() - started
 
         # kubelet first, so nothing restarts what the next steps kill.
         step("stopping the node", lambda: self.node.stop(timeout=5))
@@ -551,9 +558,9 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             "the sysctls",
             lambda: self.restored_sysctls.update(hoststate.restore_sysctls(self.sysctls_before)),
         )
-        problems += self.leftovers()
+        step("checking the host", lambda: problems.extend(self.leftovers()))
         problems += [f"still inside the namespace: {line}" for line in inside if "shim" not in line]
-        shutil.rmtree(self.namespace.scratch, ignore_errors=True)
+        step("removing scratch", lambda: shutil.rmtree(self.namespace.scratch, ignore_errors=True))
         self._started = False
         self.timings.teardown = time.monotonic() - began
         if problems:
