@@ -15,15 +15,14 @@ import pytest
 from tests.cluster.conftest import VENDOR_USERS, NodeRegistries, TinyImages
 from tests.cluster.node import NODE_ADDRESS, POD_CIDR, SERVICE_CIDR, Cluster
 from tests.cluster.workloads import (
+    POD_TIMEOUT,
     create_namespace,
     create_pull_secret,
     delete_namespace,
-    describe_events,
     events_of,
-    wait_pod_event,
     wait_pod_running,
 )
-from tests.e2e.admission_harness import create_pod, pod
+from tests.e2e.admission_harness import create_pod, eventually, pod
 
 
 def test_the_node_has_no_route_out(cluster: Cluster) -> None:
@@ -96,14 +95,17 @@ async def test_a_refused_pull_is_the_registrys_401_in_the_pods_events(
         # An earlier test left the image on the node: only a pull meets the registry.
         manifest["spec"]["containers"][0]["imagePullPolicy"] = "Always"
         (await create_pod(api, namespace, manifest)).ok()
-        event = await wait_pod_event(
-            api, namespace, "app", lambda e: e.get("reason") == "Failed" and "401" in e["message"]
-        )
-        events = await events_of(api, namespace, "app")
+        # kubelet reports the runtime's error and the container's state, in either order.
+        failed: list[str] = []
+
+        async def both_reported() -> bool:
+            events = await events_of(api, namespace, "app")
+            failed[:] = [e["message"] for e in events if e.get("reason") == "Failed"]
+            return "Error: ErrImagePull" in failed and len(failed) >= 2
+
+        await eventually(both_reported, timeout=POD_TIMEOUT, what="the pull's failure events")
         await delete_namespace(api, namespace)
 
-    assert event["message"].startswith(f'Failed to pull image "{tiny_images.private}"'), event
-    assert "401 Unauthorized" in event["message"], event
-    assert any(
-        e.get("reason") == "Failed" and e["message"] == "Error: ErrImagePull" for e in events
-    ), describe_events(events)
+    (pull_error,) = [m for m in failed if m.startswith("Failed to pull image ")]
+    assert pull_error.startswith(f'Failed to pull image "{tiny_images.private}": '), failed
+    assert pull_error.endswith(": 401 Unauthorized"), pull_error
