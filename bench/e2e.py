@@ -26,19 +26,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    BenchError,
-    Process,
-    free_port,
-    insecure_context,
-    log,
-    start_floor,
-    write_bodies,
-)
+from bench.harness import BenchError, Process, insecure_context, log, start_floor, write_bodies
 from bench.measure import Pair, Target, alternate, metric, scrape
 from bench.scenarios import HOST, Profile
 from tests.e2e import admission_harness as admission
 from tests.e2e import kubeapi
+from tests.support import free_port
 from webhook import pki
 
 CONNECTIONS = (16, 1)

@@ -34,7 +34,6 @@ from bench.harness import (
     ROOT,
     BenchError,
     default_loop,
-    free_port,
     log,
     post,
     start_floor,
@@ -65,6 +64,7 @@ from bench.scenarios import (
     start_registries,
     write_config,
 )
+from tests.support import free_port
 
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 

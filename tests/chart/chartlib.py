@@ -2,20 +2,16 @@
 schemas (kubernetes-validate) and a real CEL engine (cel-expr-python).
 
 A missing tool skips the tests that need it on a developer machine and fails
-them in CI (CI=true), so CI can never pass by skipping.
+them in CI (CI=true, tests/support.py), so CI can never pass by skipping.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "image-proxy-webhook"
@@ -24,17 +20,6 @@ RELEASE = "rel"
 NAMESPACE = "ipw"
 VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 KUBE_VERSION = "1.30.0"
-
-
-def require(module: str, pip_name: str) -> ModuleType:
-    """Import a tool; skip locally, fail in CI when it is missing."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        message = f"{pip_name} is not installed ({exc}); pip install {pip_name}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @dataclass(frozen=True)

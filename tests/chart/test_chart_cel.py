@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from chartlib import KUBE_VERSION, VAP_API, RenderFn, require
+from chartlib import KUBE_VERSION, VAP_API, RenderFn
 
 from tests.reviews import review
+from tests.support import require
 
 pytestmark = pytest.mark.chart
 

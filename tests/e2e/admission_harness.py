@@ -25,7 +25,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ from typing import Any
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.e2e.kubeapi import KubeAPIServer, free_port
+from tests.e2e.kubeapi import KubeAPIServer
+from tests.support import eventually as eventually  # also imported from here
+from tests.support import free_port
 from webhook import config, pki, service
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.review import ORIGINAL_IMAGES_ANNOTATION
@@ -72,12 +74,6 @@ class RunningWebhook:
     @property
     def ca_bundle(self) -> str:
         return base64.b64encode(self.ca_file.read_bytes()).decode()
-
-
-def certificates(directory: Path) -> pki.CertPaths:
-    paths = pki.generate(directory, ("127.0.0.1", "localhost"))
-    assert paths.ca_file is not None
-    return paths
 
 
 @contextlib.asynccontextmanager
@@ -291,18 +287,6 @@ async def mutating_webhook(
         yield f"{name}.image-proxy-webhook.io"
     finally:
         await call(api, "DELETE", f"{path}/{name}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def wait_until_mutating(api: k8s.ApiClient, namespace: str) -> None:

@@ -18,18 +18,17 @@ import asyncio
 import base64
 import importlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 from kubernetes_asyncio import client as k8s
 
-from tests.e2e.admission_harness import call, client_for, eventually
+from tests.e2e.admission_harness import call, client_for
 from tests.e2e.kubeapi import KubeAPIServer
+from tests.support import eventually, unavailable
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "image-proxy-webhook"
 CLUSTER_SCOPED = {
@@ -47,9 +46,7 @@ def require_helm() -> ModuleType:
         return importlib.import_module("helm_python")
     except ImportError as exc:
         message = f"helm-python-sdk is not installed ({exc}); pip install -e '.[test]'"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(message)
 
 
 def object_path(doc: dict[str, Any], default_namespace: str) -> str:

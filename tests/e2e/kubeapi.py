@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -50,6 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from tests.support import free_port as free_port  # also imported from here
+from tests.support import unavailable
 from webhook.pki import CertPaths
 
 KUBE_VERSION = "v1.20.2"
@@ -91,22 +92,10 @@ def find_binaries() -> tuple[Path, Path] | str:
 def require_binaries() -> tuple[Path, Path]:
     """``(kube_apiserver, etcd)``; a missing one skips the test locally and fails it
     under CI (``CI=true``), because CI must build the API server first."""
-    import pytest
-
     found = find_binaries()
     if isinstance(found, str):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"e2e: {found}", pytrace=False)
-        pytest.skip(f"e2e: {found}")
+        unavailable(f"e2e: {found}")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _die_with_parent() -> None:

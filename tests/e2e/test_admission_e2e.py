@@ -16,7 +16,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,11 +30,9 @@ from tests.e2e.admission_harness import (
     Answer,
     UnresponsiveKubeAPIServer,
     call,
-    certificates,
     client_for,
     create_pod,
     dockerconfig_of,
-    eventually,
     expected_dockerconfig,
     images_of,
     kubelet_credentials,
@@ -50,13 +47,15 @@ from tests.e2e.admission_harness import (
     stored_view,
     wait_until_mutating,
 )
-from tests.e2e.kubeapi import KubeAPIServer, find_binaries, free_port
-from tests.integration.registries import (
-    ALL_MANIFESTS,
-    Registry,
+from tests.e2e.kubeapi import KubeAPIServer, find_binaries
+from tests.integration.registries import ALL_MANIFESTS, Registry, require_registry_binary
+from tests.support import (
     can_bind_low_ports,
+    certificates,
+    eventually,
     free_loopback_address,
-    require_registry_binary,
+    free_port,
+    unavailable,
 )
 from webhook import pki, pullsecrets
 from webhook.config import Settings
@@ -86,9 +85,7 @@ def require_low_ports() -> None:
     """Portless registry names need port 80 of a loopback address: skip (fail in CI) without."""
     if not can_bind_low_ports():
         message = "e2e: portless registry names need port 80 of a loopback address (run as root)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(message)
 
 
 @pytest.fixture(scope="module")
@@ -1182,9 +1179,7 @@ async def test_all_namespaces_secret_follows_new_namespaces(tmp_path: Path) -> N
     """
     found = find_binaries()
     if isinstance(found, str):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"e2e: {found}", pytrace=False)
-        pytest.skip(f"e2e: {found}")
+        unavailable(f"e2e: {found}")
     kube = KubeAPIServer(binary=found[0], etcd_binary=found[1])
     await asyncio.to_thread(kube.start)
     try:

@@ -35,7 +35,6 @@ from tests.e2e.admission_harness import (
     call,
     create_pod,
     dockerconfig_of,
-    eventually,
     license_dockerconfig,
     pod,
     read_pod,
@@ -51,7 +50,8 @@ from tests.e2e.chart_release import (
     require_helm,
     service_account_token,
 )
-from tests.e2e.kubeapi import KubeAPIServer, free_port
+from tests.e2e.kubeapi import KubeAPIServer
+from tests.support import eventually, free_port
 from webhook import config, pki, service
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 

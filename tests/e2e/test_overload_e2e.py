@@ -28,7 +28,6 @@ from kubernetes_asyncio import client as k8s
 from tests.e2e.admission_harness import (
     Answer,
     RunningWebhook,
-    certificates,
     create_pod,
     mutating_webhook,
     namespaces,
@@ -40,6 +39,7 @@ from tests.e2e.admission_harness import (
 )
 from tests.e2e.kubeapi import KubeAPIServer
 from tests.reliability.harness import REPO, sockets
+from tests.support import certificates
 from webhook import pki
 
 pytestmark = pytest.mark.e2e

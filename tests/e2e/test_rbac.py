@@ -41,7 +41,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client as k8s
 
-from tests.e2e.admission_harness import call, dockerconfig_of, eventually, read_secret
+from tests.e2e.admission_harness import call, dockerconfig_of, read_secret
 from tests.e2e.chart_release import (
     HelmRelease,
     can,
@@ -53,6 +53,7 @@ from tests.e2e.chart_release import (
     token_client,
 )
 from tests.e2e.kubeapi import KubeAPIServer, require_binaries
+from tests.support import eventually
 from webhook import config, pki, pullsecrets, selfcerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.asyncio(loop_scope="module")]

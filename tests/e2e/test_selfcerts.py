@@ -43,14 +43,7 @@ from cryptography import x509
 from kubernetes_asyncio import client as k8s
 
 from tests import reviews
-from tests.e2e.admission_harness import (
-    call,
-    create_pod,
-    eventually,
-    pod,
-    read_pod,
-    read_secret,
-)
+from tests.e2e.admission_harness import call, create_pod, pod, read_pod, read_secret
 from tests.e2e.chart_release import (
     CHART,
     kubeconfig_for,
@@ -60,7 +53,8 @@ from tests.e2e.chart_release import (
     require_helm,
     service_account_token,
 )
-from tests.e2e.kubeapi import KUBE_VERSION, KubeAPIServer, free_port
+from tests.e2e.kubeapi import KUBE_VERSION, KubeAPIServer
+from tests.support import eventually, free_port
 from webhook import config, pki, selfcerts
 from webhook.config import WEBHOOK_NAMESPACE_ENV
 

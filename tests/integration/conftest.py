@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.registries import (
-    Registry,
-    TestCA,
-    TokenServer,
-    can_bind_low_ports,
-    free_loopback_address,
-    require_registry_binary,
-)
+from tests.integration.registries import Registry, TestCA, TokenServer, require_registry_binary
+from tests.support import can_bind_low_ports, free_loopback_address
 from webhook.config import ProbeSettings
 from webhook.egress import Egress
 from webhook.registry import RegistryClient

@@ -27,10 +27,8 @@ import fnmatch
 import gzip
 import hashlib
 import io
-import ipaddress
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -48,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import can_bind_low_ports, free_loopback_address, unavailable
+from tests.support import free_port as free_port  # also imported from here
 from webhook.pki import CertificateAuthority
 
 REGISTRY_BINARY = "docker-registry"
@@ -78,16 +78,11 @@ def registry_binary() -> str | None:
 def require_binary(name: str, package: str) -> str:
     """A system tool's path; otherwise skip the test (fail it when CI=true, where
     nothing may skip)."""
-    import pytest
-
     binary = shutil.which(name) or (
         f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None
     )
     if binary is None:
-        message = f"{name} is not installed: apt-get install -y {package}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed: apt-get install -y {package}")
     return binary
 
 
@@ -97,53 +92,6 @@ def require_registry_binary() -> str:
 
 
 # --- addresses -----------------------------------------------------------------
-
-_address_lock = threading.Lock()
-_handed_out: set[tuple[str, int]] = set()
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on host right now (and not handed out by this process)."""
-    with _address_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if (host, port) not in _handed_out:
-                _handed_out.add((host, port))
-                return port
-    raise RegistryError(f"no free port on {host}")
-
-
-def free_loopback_address(port: int = 80) -> str:
-    """A 127.x.y.z address whose ``port`` is free: a portless name needs one per server.
-
-    Random within 127.64.0.0/10 so suites running side by side rarely meet, and
-    checked by binding.
-    """
-    with _address_lock:
-        for _ in range(200):
-            host = str(ipaddress.IPv4Address(0x7F400000 + random.randrange(1, 0x3FFFFE)))
-            if host.endswith((".0", ".255")) or (host, port) in _handed_out:
-                continue
-            if _bindable(host, port):
-                _handed_out.add((host, port))
-                return host
-    raise RegistryError(f"no loopback address with port {port} free")
-
-
-def can_bind_low_ports() -> bool:
-    return os.geteuid() == 0
 
 
 def stop_process(process: subprocess.Popen[bytes] | None) -> None:

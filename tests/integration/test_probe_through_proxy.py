@@ -17,8 +17,9 @@ from tests.fakes.registries import (
     PublicRegistry,
     RedirectingRegistry,
 )
-from tests.integration.registries import Registry, TestCA, TokenServer, free_port, require_binary
+from tests.integration.registries import Registry, TestCA, TokenServer, require_binary
 from tests.integration.tinyproxy import TinyProxy
+from tests.support import free_port
 from webhook.egress import Egress
 from webhook.probes import ProbeResult, Reason, Visibility
 from webhook.registry import RegistryClient

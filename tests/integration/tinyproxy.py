@@ -11,7 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.integration.registries import _wait_for_port, free_port, stop_process
+from tests.integration.registries import _wait_for_port, stop_process
+from tests.support import free_port
 
 _REQUEST_LINE = re.compile(r"Request \(file descriptor \d+\): (?P<request>\S+ \S+) HTTP/")
 

@@ -2,7 +2,7 @@
 
 - :func:`sockets`: this process's TCP sockets from /proc (no psutil), with their
   endpoints and state, so a test can tell the webhook's connections from a fake's.
-- :class:`FakeThread`: runs the registry fakes of tests/integration/test_probe_faults.py
+- :class:`FakeThread`: runs the registry fakes of tests/fakes/registries.py
   on an event loop of their own thread, so their tasks do not mix with the
   webhook's and a hanging fake cannot starve the server under test.
 - :func:`on_address`: starts one of those fakes on a given host and port (a
@@ -10,7 +10,7 @@
   can carry).
 - :class:`ServerProcess`: ``python -m webhook serve --config ...`` as a subprocess;
   :func:`run_cli` for a command that runs to completion.
-- :func:`write_config`, :func:`certificates`, small HTTP helpers.
+- :func:`write_config`, small HTTP helpers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -30,40 +29,24 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
-import pytest
 import yaml
 from aiohttp import web
 
 from tests.fakes.registries import FakeRegistry, RawRegistry
-from tests.integration.registries import can_bind_low_ports, free_loopback_address, free_port
+from tests.support import can_bind_low_ports, free_loopback_address, free_port, unavailable
 from webhook import pki
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def require(module: str, pip_name: str) -> ModuleType:
-    """Import a test dependency; skip locally, fail in CI (CI=true) when it is missing."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        message = f"{pip_name} is not installed ({exc}); pip install {pip_name}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-
-
 def require_root_for_low_ports() -> None:
     """Port-less image names need a loopback address's port 80: root (as in CI)."""
     if can_bind_low_ports():
         return
-    message = "binding loopback port 80 needs root (CI runs as root)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    unavailable("binding loopback port 80 needs root (CI runs as root)")
 
 
 # --- sockets ------------------------------------------------------------------------
@@ -141,18 +124,6 @@ def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field}")
 
 
-async def eventually(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll until the condition holds; False if it never did within timeout."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        if condition():
-            return True
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(interval)
-
-
 # --- fakes on a thread of their own ------------------------------------------------------
 
 
@@ -219,11 +190,7 @@ def loopback_host(port: int = 80) -> str:
     return free_loopback_address(port)
 
 
-# --- config and certificates ---------------------------------------------------------------
-
-
-def certificates(directory: Path) -> pki.CertPaths:
-    return pki.generate(directory, pki.DEV_NAMES)
+# --- config -------------------------------------------------------------------------------
 
 
 def config_data(certs: pki.CertPaths, **overrides: Any) -> dict[str, Any]:

@@ -25,8 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.reliability.harness import ServerProcess, certificates, rss_kib, write_config
+from tests.reliability.harness import ServerProcess, rss_kib, write_config
 from tests.reviews import pod, review
+from tests.support import certificates
 from webhook.config import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 
 CHART_MEMORY_LIMIT_KIB = 256 * 1024  # resources.limits.memory in the chart

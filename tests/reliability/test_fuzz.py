@@ -45,7 +45,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.harness import require
+from tests.support import require
 from webhook import config
 from webhook.admission import Admitter
 from webhook.images import ImageRef, InvalidImageError, parse

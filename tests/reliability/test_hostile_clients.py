@@ -25,16 +25,9 @@ import pytest
 
 from tests import attacks
 from tests.attacks import Target
-from tests.reliability.harness import (
-    ServerProcess,
-    certificates,
-    eventually,
-    open_fds,
-    rss_kib,
-    sockets,
-    write_config,
-)
+from tests.reliability.harness import ServerProcess, open_fds, rss_kib, sockets, write_config
 from tests.reviews import pod, review
+from tests.support import certificates, eventually
 
 HANDSHAKE_TIMEOUT = 1.0
 HEADER_TIMEOUT = 1.0
@@ -410,7 +403,11 @@ async def test_600_idle_connections_of_one_client_do_not_keep_another_waiting(
     target = Target("127.0.0.1", process.port, context)
     attack = asyncio.create_task(attacks.attack(target, "idle", ATTACK, stop))
     try:
-        assert await eventually(lambda: established(process) >= TABLE, timeout=60)
+        await eventually(
+            lambda: established(process) >= TABLE,
+            timeout=60,
+            what=lambda: f"{TABLE} connections established ({established(process)})",
+        )
         fds_full, rss_full = open_fds(process.pid), rss_kib(process.pid)
         statuses, seconds = await timed_admissions(process, context, 50)
         fresh = []
@@ -456,7 +453,11 @@ async def test_600_connections_sending_half_their_headers_are_closed_after_the_t
     assert max(tally.lifetimes) < 3 + SLACK
     # the 512 connections that nothing came after to make room for: the timeout closed them
     assert sorted(tally.lifetimes)[ATTACK - TABLE] >= 3 * 0.8
-    assert await eventually(lambda: open_fds(process.pid) <= fds_before + 2, timeout=SLACK)
+    await eventually(
+        lambda: open_fds(process.pid) <= fds_before + 2,
+        timeout=SLACK,
+        what=lambda: f"descriptors back to {fds_before} + 2 ({open_fds(process.pid)})",
+    )
 
 
 async def test_512_slow_requests_of_one_client_beside_normal_admissions(
@@ -475,7 +476,11 @@ async def test_512_slow_requests_of_one_client_beside_normal_admissions(
         attacks.attack(target, "slow-body", TABLE, stop, reopen=True, drip=0.2)
     )
     try:
-        assert await eventually(lambda: established(process) >= TABLE - 16, timeout=60)
+        await eventually(
+            lambda: established(process) >= TABLE - 16,
+            timeout=60,
+            what=lambda: f"{TABLE - 16} connections established ({established(process)})",
+        )
         fds_full, rss_full = open_fds(process.pid), rss_kib(process.pid)
         statuses, seconds = await timed_admissions(process, context, 50)
         held = established(process)

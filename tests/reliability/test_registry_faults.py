@@ -45,14 +45,13 @@ from tests.integration.registries import TestCA
 from tests.reliability.harness import (
     FakeThread,
     Sock,
-    certificates,
     config_data,
-    eventually,
     loopback_host,
     require_root_for_low_ports,
     sockets,
 )
 from tests.reviews import NoSecrets, pod, review
+from tests.support import certificates, eventually
 from webhook import config, service
 from webhook.admission import Admitter
 from webhook.visibility import VisibilityResolver
@@ -275,15 +274,21 @@ async def test_fault_under_load(
             assert elapsed < DEADLINE + SLACK, f"{fault.name}: admission took {elapsed:.2f}s"
             check_outcome(mode, obj, response)
         # Quiescence: the client is gone, probes have finished (each within its timeout).
-        assert await eventually(lambda: running.resolver.in_flight == 0, PROBE_TIMEOUT * 4), (
-            f"{running.resolver.in_flight} probes still in flight"
+        await eventually(
+            lambda: running.resolver.in_flight == 0,
+            timeout=PROBE_TIMEOUT * 4,
+            what=lambda: f"no probe in flight ({running.resolver.in_flight})",
         )
-        assert await eventually(lambda: not webhook_side(running.port), 5), webhook_side(
-            running.port
+        await eventually(
+            lambda: not webhook_side(running.port),
+            timeout=5,
+            what=lambda: f"no client connection left ({webhook_side(running.port)})",
         )
-        assert await eventually(
-            lambda: not [s for s in probe_side(address) if s.state != "ESTABLISHED"], 5
-        ), f"half-closed probe connections: {probe_side(address)}"
+        await eventually(
+            lambda: not [s for s in probe_side(address) if s.state != "ESTABLISHED"],
+            timeout=5,
+            what=lambda: f"no half-closed probe connection ({probe_side(address)})",
+        )
         pool = probe_side(address)
         assert len(pool) <= MAX_CONCURRENT, f"{len(pool)} probe connections to the registry"
         pools.append(len(pool))
@@ -297,7 +302,9 @@ async def test_fault_under_load(
         if line.startswith("image_proxy_webhook_registry_probes_total{")
     ]
     assert probes and all(f'reason="{fault.reason}"' in line for line in probes), probes
-    assert await eventually(lambda: webhook_tasks() <= baseline_tasks, 5), (
-        f"tasks left behind: {webhook_tasks() - baseline_tasks}"
+    await eventually(
+        lambda: webhook_tasks() <= baseline_tasks,
+        timeout=5,
+        what=lambda: f"no task left behind ({webhook_tasks() - baseline_tasks} left)",
     )
     print(f"{fault.name}/{mode}: slowest admission {slowest:.3f}s, probe pool {pools}")

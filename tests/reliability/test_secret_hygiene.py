@@ -41,15 +41,9 @@ from kubernetes_asyncio import client as kube_client
 
 from tests.fakes.registries import HangingRegistry
 from tests.loopback import serve_app
-from tests.reliability.harness import (
-    FakeThread,
-    ServerProcess,
-    certificates,
-    http_status,
-    run_cli,
-    write_config,
-)
+from tests.reliability.harness import FakeThread, ServerProcess, http_status, run_cli, write_config
 from tests.reviews import pod, review
+from tests.support import certificates
 from webhook import config, logs, pullsecrets
 from webhook.metrics import Metrics
 from webhook.server import MAX_BODY_BYTES

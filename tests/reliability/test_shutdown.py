@@ -43,8 +43,9 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.registries import FakeRegistry
-from tests.reliability.harness import FakeThread, ServerProcess, certificates, write_config
+from tests.reliability.harness import FakeThread, ServerProcess, write_config
 from tests.reviews import pod, review
+from tests.support import certificates
 
 REGISTRY_DELAY = 2.0  # seconds each in-flight admission waits for its probe
 SHUTDOWN_TIMEOUT = 6.0  # server.shutdownTimeoutSeconds

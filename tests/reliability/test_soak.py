@@ -27,14 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.reliability.harness import (
-    ServerProcess,
-    certificates,
-    open_fds,
-    rss_kib,
-    write_config,
-)
+from tests.reliability.harness import ServerProcess, open_fds, rss_kib, write_config
 from tests.reviews import pod, review
+from tests.support import certificates
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("SOAK_CONCURRENCY", "16"))

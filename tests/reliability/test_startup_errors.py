@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.harness import (
-    ServerProcess,
-    certificates,
-    config_data,
-    http_status,
-    run_cli,
-)
+from tests.reliability.harness import ServerProcess, config_data, http_status, run_cli
+from tests.support import certificates
 
 
 def test_a_config_file_that_is_not_utf8_exits_2_naming_the_file(tmp_path: Path) -> None:

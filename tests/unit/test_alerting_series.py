@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from kubernetes_asyncio import client
 
-from tests.integration.registries import free_port
 from tests.reviews import pod, review
+from tests.support import free_port
 from webhook import config, pki, tls
 from webhook.admission import Admitter
 from webhook.images import ImageRef

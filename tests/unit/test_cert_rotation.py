@@ -18,7 +18,6 @@ import datetime
 import ipaddress
 import json
 import os
-import socket
 import ssl
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests import reviews
+from tests.support import free_port
 from webhook import config, pki, service
 from webhook.config import Settings
 
@@ -43,13 +43,6 @@ BURST = 60  # rapid renewals after the observed ones
 NAMES = ("localhost", "127.0.0.1")
 PRIVATE = "quay.io/my-org/api:v1"
 PROXIED = "proxy.replicated.com/proxy/my-app/quay.io/my-org/api:v1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- certificates ---------------------------------------------------------------
