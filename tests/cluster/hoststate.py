@@ -4,18 +4,28 @@ Namespaces keep addresses, routes, rulesets and mounts apart, but a few things
 are global: kubelet writes kernel.panic, kernel.panic_on_oops and
 vm.overcommit_memory whatever its flags say, and the cgroups of its Pods live in
 the host's hierarchies (under a cgroup root of the node's own).
+
+Several test sessions may run nodes at once (each in namespaces of its own), and
+one that starts while another's kubelet runs would take kubelet's values for the
+host's. :class:`SysctlRecord` keeps the values from before the first node in a
+file shared by all of them, with the sessions still running; the last one to
+finish puts them back. A record whose sessions all died (a crash) still holds the
+host's values, and the next session restores them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 PROC_SYS = Path("/proc/sys")
+RECORD_DIR = Path("/run/image-proxy-webhook-test-nodes")
 CGROUP_FS = Path("/sys/fs/cgroup")
 # Counters and seeds that move on their own: not settings anyone changed.
 _VOLATILE = (
@@ -64,6 +74,72 @@ def restore_sysctls(before: Mapping[str, str]) -> dict[str, tuple[str, str]]:
         with contextlib.suppress(OSError):
             (PROC_SYS / name.replace(".", "/")).write_text(value + "\n")
     return differences
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SysctlRecord:
+    """The host's settings from before the first running node, shared by every session."""
+
+    def __init__(self, directory: Path = RECORD_DIR) -> None:
+        self.directory = directory
+        self.file = directory / "sysctls.json"
+        self.before: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, object]]:
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        with open(self.directory / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                record = json.loads(self.file.read_text())
+            except (OSError, ValueError):
+                record = {}
+            yield record
+            if record:
+                self.file.write_text(json.dumps(record))
+
+    def join(self) -> None:
+        """Before a node starts: record the host's values, or join the record there is."""
+        with self._locked() as record:
+            if not record:
+                record["sysctls"] = writable_sysctls()
+                record["sessions"] = []
+            sessions = record["sessions"]
+            assert isinstance(sessions, list)
+            record["sessions"] = [pid for pid in sessions if _alive(pid)] + [os.getpid()]
+            sysctls = record["sysctls"]
+            assert isinstance(sysctls, dict)
+            self.before = sysctls
+
+    def leave(self) -> tuple[dict[str, tuple[str, str]], bool]:
+        """After a node stopped: (what was restored, whether this session was the last).
+
+        Only the last session restores: another's kubelet still holds the values
+        it wrote.
+        """
+        with self._locked() as record:
+            sessions = record.get("sessions", [])
+            assert isinstance(sessions, list)
+            others = [pid for pid in sessions if pid != os.getpid() and _alive(pid)]
+            if others:
+                record["sessions"] = others
+                return {}, False
+            restored = restore_sysctls(self.before)
+            record.clear()
+            self.file.unlink(missing_ok=True)
+        (self.directory / "lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+        return restored, True
 
 
 def cgroup_dirs(root: str) -> list[Path]:

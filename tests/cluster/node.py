@@ -152,8 +152,9 @@ class Cluster:
         self.forward = Processes()  # the socat pair
         self.control = Processes()  # controller-manager, scheduler
         self.node = Processes()  # containerd, kubelet, kube-proxy
-        self.sysctls_before: dict[str, str] = {}
+        self.sysctls = hoststate.SysctlRecord()
         self.restored_sysctls: dict[str, tuple[str, str]] = {}
+        self.last_node = True  # no other session's node still running at teardown
         self.logs = self.directory / "logs"
         self.config = self.directory / "config"
         self.hosts_dir = self.config / "certs.d"  # containerd's per-registry hosts.toml
@@ -183,7 +184,7 @@ class Cluster:
         deadline = began + self.startup_timeout
         for directory in (self.logs, self.config, self.hosts_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        self.sysctls_before = hoststate.writable_sysctls()
+        self.sysctls.join()
         self._started = True
         self.namespace.create()
         default_route = self.namespace.run(["ip", "route", "show", "default"]).strip()
@@ -554,10 +555,11 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         step("stopping the forward", lambda: self.forward.stop(timeout=5))
         # containerd's shims outlive it by design; anything else is a leak.
         step("the namespace", lambda: inside.extend(self.namespace.destroy()))
-        step(
-            "the sysctls",
-            lambda: self.restored_sysctls.update(hoststate.restore_sysctls(self.sysctls_before)),
-        )
+
+        def restore_sysctls() -> None:
+            self.restored_sysctls, self.last_node = self.sysctls.leave()
+
+        step("the sysctls", restore_sysctls)
         step("checking the host", lambda: problems.extend(self.leftovers()))
         problems += [f"still inside the namespace: {line}" for line in inside if "shim" not in line]
         step("removing scratch", lambda: shutil.rmtree(self.namespace.scratch, ignore_errors=True))
@@ -576,9 +578,10 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
     def leftovers(self) -> list[str]:
         """What the node left on the host: changed sysctls, processes, mounts, cgroups."""
         found = []
-        still = hoststate.changed(self.sysctls_before, hoststate.writable_sysctls())
-        if still:
-            found.append(f"sysctls differ from before the node: {still}")
+        if self.last_node:
+            still = hoststate.changed(self.sysctls.before, hoststate.writable_sysctls())
+            if still:
+                found.append(f"sysctls differ from before the node: {still}")
         mark = str(self.directory)
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != os.getpid() and mark in command_line(int(entry)):
