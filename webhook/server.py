@@ -83,11 +83,14 @@ class Gate:
         self.count = 0
         self.bytes = 0
         self.holders: dict[str, _Holder] = {}
+        # places cut short whose handlers have not left yet: as good as free
+        self._cut_count = 0
+        self._cut_bytes = 0
 
     def enter(self, size: int, client: str) -> Place | None:
         """A place for ``size`` bytes, or None: full, and nothing to cut short."""
         holder = self.holders.get(client)
-        if (self.count >= self.max_count or self.bytes + size > self.max_bytes) and not (
+        if self._full(self.count - self._cut_count, self.bytes - self._cut_bytes, size) and not (
             self._make_room(size, 0 if holder is None else holder.count)
         ):
             return None
@@ -103,10 +106,16 @@ class Gate:
         self.bytes -= place.size
         holder = place.holder
         holder.count -= 1
-        if place.timer is not None:
+        if place.cut:
+            self._cut_count -= 1
+            self._cut_bytes -= place.size
+        elif place.timer is not None:
             holder.waiting.pop(place, None)
         if not holder.count:
             del self.holders[holder.client]
+
+    def _full(self, count: int, held: int, size: int) -> bool:
+        return count >= self.max_count or held + size > self.max_bytes
 
     def waiting(self, place: Place, timer: asyncio.Timeout) -> None:
         """The place's body is still arriving; ``timer`` ends the wait."""
@@ -120,10 +129,10 @@ class Gate:
         """Cuts short the body waits of the clients holding more places than ``mine``
         (the largest holder first, its longest wait first) until ``size`` bytes fit;
         cuts nothing and answers False when that is not enough."""
-        count, held = self.count, self.bytes
+        count, held = self.count - self._cut_count, self.bytes - self._cut_bytes
         cuts: list[Place] = []
         taken: dict[_Holder, int] = {}
-        while count >= self.max_count or held + size > self.max_bytes:
+        while self._full(count, held, size):
             largest, most = None, mine + 1
             for holder in self.holders.values():
                 left = holder.count - taken.get(holder, 0)
@@ -140,6 +149,8 @@ class Gate:
         for place in cuts:
             place.holder.waiting.pop(place)
             place.cut = True
+            self._cut_count += 1
+            self._cut_bytes += place.size
             assert place.timer is not None
             place.timer.reschedule(loop.time())
         return True

@@ -572,6 +572,23 @@ async def test_a_full_gate_refuses_when_no_larger_holder_has_a_body_on_the_way()
     assert all(admitting)
 
 
+async def test_requests_arriving_before_the_cut_ones_leave_cut_one_wait_each() -> None:
+    gate = _gate(3)
+    places = [gate.enter(10, "attacker") for _ in range(3)]
+    waits = [asyncio.create_task(_waiting(gate, p)) for p in places if p is not None]
+    await asyncio.sleep(0)
+    first, second = gate.enter(10, "a"), gate.enter(10, "b")  # in the same tick
+    assert first is not None and second is not None
+    assert await asyncio.gather(*waits[:2]) == ["cut", "cut"]
+    assert not waits[2].done()
+    assert (gate.count, gate.bytes) == (3, 30)
+    waits[2].cancel()
+    await asyncio.gather(waits[2], return_exceptions=True)
+    gate.leave(first)
+    gate.leave(second)
+    assert (gate.count, gate.bytes, gate.holders) == (0, 0, {})
+
+
 async def test_bytes_past_the_budget_cut_as_many_waits_as_they_need() -> None:
     gate = _gate(10, size=1000)
     places = [gate.enter(300, "attacker") for _ in range(3)]
