@@ -8,7 +8,6 @@ Missing binaries or tools skip the tests locally and fail them under ``CI=true``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.cluster.node_registries import (
 )
 from tests.image.build import build_webhook_image
 from tests.integration.registries import Registry
+from tests.support import unavailable
 
 HERE = Path(__file__).resolve().parent
 TIMINGS = pytest.StashKey[Timings]()
@@ -55,11 +55,9 @@ def pytest_terminal_summary(
 
 
 def require(reason: str | None) -> None:
-    """Skip for a missing piece locally; under CI=true, where nothing may skip, fail."""
+    """A missing piece skips locally, fails under CI=true."""
     if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cluster: {reason}", pytrace=False)
-        pytest.skip(f"cluster: {reason}")
+        unavailable(f"cluster: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -230,11 +229,3 @@ def command_line(pid: int) -> str:
     except OSError:
         return f"<pid {pid}>"
     return raw.replace(b"\0", b" ").decode(errors="replace").strip() or f"<pid {pid}>"
-
-
-def tool_missing(names: Iterable[str]) -> str | None:
-    """The first system tool not on PATH, as a reason to skip; None when all are there."""
-    for name in names:
-        if shutil.which(name) is None:
-            return f"{name} is not installed"
-    return None

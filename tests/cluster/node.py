@@ -48,8 +48,8 @@ from tests.e2e.kubeapi import (
     KUBE_VERSION,
     KubeAPIServer,
     Processes,
-    free_port,
 )
+from tests.support import free_port
 from webhook.pki import CertificateAuthority, CertPaths, write_file
 
 NODE_NAME = "ipw-node"

@@ -22,7 +22,8 @@ from tests.cluster.conftest import NodeRegistries, PushedImage, TinyImages
 from tests.cluster.helm import readme_install_command, run_shell
 from tests.cluster.node import Cluster
 from tests.cluster.workloads import wait_pod_running
-from tests.e2e.admission_harness import call, create_pod, eventually, pod
+from tests.e2e.admission_harness import call, create_pod, pod
+from tests.support import eventually
 
 WEBHOOK_CONFIGURATIONS = (
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",

@@ -22,7 +22,8 @@ from tests.cluster.workloads import (
     events_of,
     wait_pod_running,
 )
-from tests.e2e.admission_harness import create_pod, eventually, pod
+from tests.e2e.admission_harness import create_pod, pod
+from tests.support import eventually
 
 
 def test_the_node_has_no_route_out(cluster: Cluster) -> None:

@@ -11,12 +11,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from tests.e2e.admission_harness import call, eventually, expected_dockerconfig, read_pod
+from tests.e2e.admission_harness import call, expected_dockerconfig, read_pod
+from tests.support import eventually
 
 POD_TIMEOUT = 120.0
 
@@ -104,26 +105,5 @@ async def wait_pod_running(
         if status.get("phase") in ("Failed", "Succeeded") or time.monotonic() > deadline:
             raise AssertionError(
                 f"Pod {namespace}/{name} is not Running: {await _describe(api, namespace, name)}"
-            )
-        await asyncio.sleep(0.25)
-
-
-async def wait_pod_event(
-    api: k8s.ApiClient,
-    namespace: str,
-    name: str,
-    matches: Callable[[dict[str, Any]], bool],
-    *,
-    timeout: float = POD_TIMEOUT,
-) -> dict[str, Any]:
-    """Until an event about the Pod matches; that event."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for event in await events_of(api, namespace, name):
-            if matches(event):
-                return event
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"no such event for Pod {namespace}/{name}: {await _describe(api, namespace, name)}"
             )
         await asyncio.sleep(0.25)
