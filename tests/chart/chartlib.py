@@ -7,6 +7,7 @@ them in CI (CI=true, tests/support.py), so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,3 +57,27 @@ def load_values(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     assert isinstance(data, dict)
     return data
+
+
+# Values every render starts from, and what a capable API server offers.
+BASE = {"appSlug": "my-app", "license": {"id": "test-license-id"}}
+CAPABLE = {"api_versions": (VAP_API,), "kube_version": KUBE_VERSION}
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def container(rendered: Rendered) -> dict[str, Any]:
+    """The Deployment's one container."""
+    containers: list[dict[str, Any]] = rendered.one("Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    [only] = containers
+    return only

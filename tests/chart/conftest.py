@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import CHART, NAMESPACE, RELEASE, Rendered, RenderFn
 
+from tests.chart.chartlib import CHART, NAMESPACE, RELEASE, Rendered, RenderFn
 from tests.support import require, unavailable
 
 

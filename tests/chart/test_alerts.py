@@ -38,9 +38,9 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import NAMESPACE, Rendered, RenderFn
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.chart.chartlib import NAMESPACE, Rendered, RenderFn
 from tests.fakes.registries import HangingRegistry
 from tests.integration.registries import Registry, require_registry_binary
 from tests.reliability.harness import FakeThread, ServerProcess, write_config

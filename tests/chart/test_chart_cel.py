@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from chartlib import KUBE_VERSION, VAP_API, RenderFn
 
+from tests.chart.chartlib import KUBE_VERSION, VAP_API, RenderFn
 from tests.reviews import review
 from tests.support import require
 

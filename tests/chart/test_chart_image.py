@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import RenderFn
+
+from tests.chart.chartlib import RenderFn
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile"
 

@@ -12,10 +12,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from chartlib import Rendered, RenderFn
-from test_chart_render import BASE, CAPABLE, container, merged
 from yarl import URL
 
+from tests.chart.chartlib import BASE, CAPABLE, Rendered, RenderFn, container, merged
 from webhook.egress import Egress
 
 API_SERVER = "10.96.0.1"  # what the kubelet puts in KUBERNETES_SERVICE_HOST

@@ -5,7 +5,6 @@ server's own config parser and the product contract (docs/design.md)."""
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import re
 from pathlib import Path
@@ -14,26 +13,27 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.chart.chartlib import (
+    BASE,
+    CAPABLE,
     CHART,
     CI_VALUES,
     KUBE_VERSION,
     NAMESPACE,
-    VAP_API,
     Rendered,
     RenderFn,
+    container,
     load_values,
+    merged,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from webhook import config as server_config
 from webhook.__main__ import _parser as cli_parser
 
 pytestmark = pytest.mark.chart
 
-CAPABLE = {"api_versions": (VAP_API,), "kube_version": KUBE_VERSION}
-BASE = {"appSlug": "my-app", "license": {"id": "test-license-id"}}
 NAME_LABEL = "kubernetes.io/metadata.name"
 OPT_OUT = "image-proxy-webhook.io/ignore"
 CONFIG_PATH = "/etc/image-proxy-webhook/config.yaml"
@@ -53,16 +53,6 @@ WORKLOAD_RULES = {
     for resource in resources
     for op in ("CREATE", "UPDATE")
 }
-
-
-def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    result = copy.deepcopy(base)
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 # --- small evaluators of Kubernetes semantics --------------------------------
@@ -110,14 +100,6 @@ def permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
                 for name in rule.get("resourceNames") or ["*"]:
                     result.add((resource, verb, name))
     return result
-
-
-def container(rendered: Rendered) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = rendered.one("Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    [only] = containers
-    return only
 
 
 def mounted_file(rendered: Rendered, path: str) -> tuple[dict[str, Any], str]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import NAMESPACE, RELEASE, Rendered, RenderFn
 
+from tests.chart.chartlib import NAMESPACE, RELEASE, Rendered, RenderFn
 from webhook import config as server_config
 
 pytestmark = pytest.mark.chart

@@ -51,7 +51,6 @@ from tests.e2e.kubeapi import KubeAPIServer, find_binaries
 from tests.integration.registries import ALL_MANIFESTS, Registry, require_registry_binary
 from tests.support import (
     can_bind_low_ports,
-    certificates,
     eventually,
     free_loopback_address,
     free_port,
@@ -107,11 +106,6 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "private_digest": private.push_image("team/secret", "v1").digest,
             "public_digest": public.push_image("team/app", "v1").digest,
         }
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
-    return certificates(tmp_path_factory.mktemp("webhook-tls"))
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from tests.reliability.harness import (
     sockets,
 )
 from tests.reviews import NoSecrets, pod, review
-from tests.support import certificates, eventually
+from tests.support import eventually
 from webhook import config, service
 from webhook.admission import Admitter
 from webhook.visibility import VisibilityResolver
@@ -105,11 +105,6 @@ def fakes() -> Iterator[FakeThread]:
     thread = FakeThread()
     yield thread
     thread.close()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return certificates(tmp_path_factory.mktemp("webhook-tls"))
 
 
 @pytest.fixture(scope="module")

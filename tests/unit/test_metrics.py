@@ -69,11 +69,6 @@ class FakeCoreV1:
         self.created.append(namespace)
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
-    return pki.generate(tmp_path_factory.mktemp("tls"), pki.DEV_NAMES)
-
-
 class Servers:
     def __init__(self, webhook: str, health: str, context: ssl.SSLContext) -> None:
         self.webhook = webhook

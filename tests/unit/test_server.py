@@ -33,11 +33,6 @@ class BrokenResolver:
         raise RuntimeError("boom")
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> pki.CertPaths:
-    return pki.generate(tmp_path_factory.mktemp("tls"), pki.DEV_NAMES)
-
-
 @pytest.fixture
 def client_ssl(certs: pki.CertPaths) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certs.ca_file))
