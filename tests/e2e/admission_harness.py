@@ -34,8 +34,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.e2e.kubeapi import KubeAPIServer
-from tests.support import eventually as eventually  # also imported from here
-from tests.support import free_port
+from tests.support import eventually, free_port
 from webhook import config, pki, service
 from webhook.admission import Admitter, SecretEnsurer
 from webhook.review import ORIGINAL_IMAGES_ANNOTATION

@@ -49,8 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.support import free_port as free_port  # also imported from here
-from tests.support import unavailable
+from tests.support import free_port, unavailable
 from webhook.pki import CertPaths
 
 KUBE_VERSION = "v1.20.2"
