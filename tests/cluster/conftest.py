@@ -1,8 +1,10 @@
 """Fixtures for the tests on a real one-node cluster (tests/cluster/node.py).
 
-The cluster is session-scoped: it comes up once (about 15 s to Node Ready) and is
-torn down at the end, where its teardown also checks that the host is as it was
-(sysctls, processes, mounts, cgroups); a difference fails the session.
+The cluster is package-scoped: it comes up once for the tests of this directory
+(about 15 s to Node Ready) and is torn down after the last of them, not at the end
+of the whole suite (its 650 MiB and kubelet's CPU stay out of the other suites'
+measurements). Its teardown also checks that the host is as it was (sysctls,
+processes, mounts, cgroups); a difference is an error of the last test.
 Missing binaries or tools skip the tests locally and fail them under ``CI=true``.
 """
 
@@ -60,11 +62,11 @@ def require(reason: str | None) -> None:
         unavailable(f"cluster: {reason}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[Cluster]:
-    """A one-node cluster in a network namespace of its own, for the whole session."""
+    """A one-node cluster in a network namespace of its own, for this directory's tests."""
     require(missing_piece())
     with running_cluster(tmp_path_factory.mktemp("cluster")) as node:
         pytestconfig.stash[TIMINGS] = node.timings
@@ -81,7 +83,7 @@ class NodeRegistries:
     license_id: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_registries(cluster: Cluster) -> Iterator[NodeRegistries]:
     registries = NodeRegistries(
         vendor=start_registry(cluster, "vendor", users=VENDOR_USERS),
@@ -104,7 +106,7 @@ class TinyImages:
     public: str  # in the public registry (anonymous)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_images(
     cluster: Cluster, node_registries: NodeRegistries, tmp_path_factory: pytest.TempPathFactory
 ) -> TinyImages:
@@ -121,7 +123,7 @@ def tiny_images(
     return TinyImages(private=pushed["private"], public=pushed["public"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def helm() -> Path:
     """The real Helm v4 CLI (.ci/install-helm)."""
     require(helm_missing())
@@ -138,7 +140,7 @@ class PushedImage:
         return f"{self.repository}:{self.tag}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def webhook_image(
     cluster: Cluster, node_registries: NodeRegistries, tmp_path_factory: pytest.TempPathFactory
 ) -> PushedImage:
