@@ -110,7 +110,7 @@ class ServerSettings:
     max_connections: int = 512
     tls_handshake_timeout_seconds: float = 5.0
     header_timeout_seconds: float = 5.0
-    idle_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

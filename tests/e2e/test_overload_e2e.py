@@ -7,6 +7,13 @@ client (client-go) waits the ``Retry-After`` and sends the review again, within 
 webhook's ``timeoutSeconds``. Checked here against a real kube-apiserver with
 ``failurePolicy: Fail``, so that a refusal the API server did not retry would fail
 the Pod's creation.
+
+The connection table as the API server meets it: how many connections it opens to
+the webhook at 16 and 64 creates at once, that Pods created while another process
+holds more connections than ``server.maxConnections`` (idle, sending half their
+headers, or dripping their bodies) are all stored mutated under ``failurePolicy:
+Ignore``, and that the API server closes its idle connections before the webhook's
+idle timeout would.
 """
 
 from __future__ import annotations
@@ -283,3 +290,28 @@ async def test_pods_created_while_one_client_holds_the_connection_table(
     assert held >= table - 16
     assert [a.status for a in answers] == [201] * len(names)
     assert unmutated == []
+
+
+async def test_the_api_server_closes_its_idle_connections_before_the_idle_timeout(
+    kube_apiserver: KubeAPIServer, api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    """The API server (client-go, Go's http.Transport) closes a kept-alive connection
+    it left idle for 90 s; server.idleTimeoutSeconds is longer, so the webhook never
+    closes one under a request the API server is writing (which it would not resend:
+    the Pod would go to failurePolicy)."""
+    async with airgap_webhook(kube_apiserver, api, tmp_path) as (hook, app, _ca):
+        idle_timeout = hook.settings.server.idle_timeout_seconds
+        assert all(
+            a.status == 201
+            for a in await create_all(api, app, [f"p{i}" for i in range(8)], 8, dry_run=True)
+        )
+        sampler = Sampler(hook.settings.server.port)
+        kept, started = sampler.count(), time.monotonic()
+        for _ in range(int(idle_timeout + 10) * 2):
+            if not sampler.count():
+                break
+            await asyncio.sleep(0.5)
+        closed_after = time.monotonic() - started
+    print(f"\nthe API server closed its {kept} idle connections after {closed_after:.1f}s")
+    assert kept > 0
+    assert 80 <= closed_after < idle_timeout

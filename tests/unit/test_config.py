@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert (s.server.max_json_values, s.server.max_body_bytes_in_flight) == (250_000, 8 << 20)
     assert s.server.max_connections == 512
     assert (s.server.tls_handshake_timeout_seconds, s.server.header_timeout_seconds) == (5, 5)
-    assert s.server.idle_timeout_seconds == 60
+    assert s.server.idle_timeout_seconds == 120
 
 
 def test_a_missing_key_means_the_dataclass_default() -> None:
