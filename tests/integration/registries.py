@@ -8,7 +8,8 @@ them; ``tests/integration/conftest.py`` wraps them in thin pytest fixtures.
   with TLS) of its own loopback address when running as root, so images can be
   named without a port (``127.77.3.9/team/app:v1``); elsewhere on a free port.
   :meth:`Registry.requests` reads the registry's own access log,
-  :meth:`Registry.user_names` the user names its log lines name.
+  :meth:`Registry.user_names` the user names its log lines name,
+  :meth:`Registry.served` each request with its host, user agent and user.
 - :class:`TokenServer`: a Docker-style token endpoint (aiohttp, in a thread of
   its own) issuing RS256 JWTs with an ``x5c`` header; anonymous callers get
   ``pull`` only on the repositories matching ``public``.
@@ -356,8 +357,10 @@ class TokenServer:
 
 # --- registry ---------------------------------------------------------------------
 
+# The combined log format: ... "METHOD URI PROTO" status size "referer" "user agent"
 _ACCESS_LINE = re.compile(
     r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<uri>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+    r'\S+ "(?:[^"\\]|\\.)*" "(?P<agent>(?:[^"\\]|\\.)*)"'
 )
 
 
@@ -368,11 +371,28 @@ _USER_NAME = re.compile(
 )
 
 
+# One ``key=value`` field of a logrus text line; quoted values escape ``"`` and ``\\``.
+_LOG_FIELD = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
 @dataclass(frozen=True)
 class AccessLogEntry:
     method: str
     uri: str
     status: int
+    user_agent: str = ""
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """One request as the registry's own log tells it (``log_level`` "debug" for ``user``)."""
+
+    method: str
+    uri: str
+    host: str  # the Host header: the name the client asked for
+    user_agent: str
+    user: str  # "" when no line of the request names one (anonymous, or not at debug)
+    status: int  # 0 when no line gives it (a challenged request): see ``requests()``
 
 
 @dataclass
@@ -559,7 +579,14 @@ class Registry:
         for line in text.splitlines():
             match = _ACCESS_LINE.match(line)
             if match:
-                entries.append(AccessLogEntry(match["method"], match["uri"], int(match["status"])))
+                entries.append(
+                    AccessLogEntry(
+                        match["method"],
+                        match["uri"],
+                        int(match["status"]),
+                        re.sub(r"\\(.)", r"\1", match["agent"]),
+                    )
+                )
         return entries
 
     def user_names(self) -> set[str]:
@@ -577,6 +604,38 @@ class Registry:
             next(group for group in match.groups() if group is not None)
             for match in _USER_NAME.finditer(text)
         }
+
+    def served(self) -> list[ServedRequest]:
+        """Every request in the registry's log, in the order they began.
+
+        Distribution tags each line of a request with ``http.request.id`` and the
+        request's fields; at debug level the lines after authorization carry
+        ``auth.user.name`` too, and its "response completed" line the status.
+        """
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return []
+        fields_by_id: dict[str, dict[str, str]] = {}
+        for line in text.splitlines():
+            fields = {
+                key: re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+                for key, value in _LOG_FIELD.findall(line)
+            }
+            request_id = fields.get("http.request.id")
+            if request_id:
+                fields_by_id.setdefault(request_id, {}).update(fields)
+        return [
+            ServedRequest(
+                method=f.get("http.request.method", ""),
+                uri=f.get("http.request.uri", ""),
+                host=f.get("http.request.host", ""),
+                user_agent=f.get("http.request.useragent", ""),
+                user=f.get("auth.user.name", ""),
+                status=int(f.get("http.response.status", "0")),
+            )
+            for f in fields_by_id.values()
+        ]
 
     def manifest_requests(
         self, repository: str, reference: str | None = None
