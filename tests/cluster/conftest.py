@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 TIMINGS = pytest.StashKey[Timings]()
 VENDOR_USERS = {"vendor-pull": "vendor-secret"}
 LICENSE_ID = "4f3c2a1b-cluster-test-license"
+# The chart's default proxyDomain: the stand-in answers to it inside the node.
+PROXY_DOMAIN = "proxy.replicated.com"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,7 +90,7 @@ def node_registries(cluster: Cluster) -> Iterator[NodeRegistries]:
     registries = NodeRegistries(
         vendor=start_registry(cluster, "vendor", users=VENDOR_USERS),
         public=start_registry(cluster, "public"),
-        proxy=license_checking_registry(cluster, LICENSE_ID),
+        proxy=license_checking_registry(cluster, LICENSE_ID, domain=PROXY_DOMAIN),
         license_id=LICENSE_ID,
     )
     try:

@@ -10,7 +10,9 @@ remounts /sys and leaves /sys/fs/cgroup empty for kubelet).
 The private mount namespace binds scratch directories over /var/lib, /var/log and
 /usr/libexec and a tmpfs over /run: what kubelet, containerd, CNI and iptables
 create there whatever their flags say stays out of the host, and teardown never
-has to delete a shared host path.
+has to delete a shared host path. It also binds a hosts file of its own over
+/etc/hosts: there is no DNS server in the namespace, so a name a test gives a
+server (:meth:`NodeNamespace.add_host_name`) resolves there and nowhere else.
 
 Python code joins the network namespace through :meth:`NodeNamespace.call`: a
 thread of its own that ``setns``-ed into it, so sockets it opens, and processes it
@@ -92,6 +94,7 @@ class NodeNamespace:
         self.net_file = self.directory / "ns" / "net"
         self.mnt_file = self.directory / "ns" / "mnt"
         self.scratch = self.directory / "scratch"
+        self.hosts_file = self.directory / "hosts"  # bound over /etc/hosts inside
         self._bound_ns_dir = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.net_inode: int | None = None
@@ -114,6 +117,8 @@ class NodeNamespace:
             source.mkdir(parents=True, exist_ok=True)
             lines.append(f"mount --bind {shlex.quote(str(source))} {target}")
         lines.append("mount -t tmpfs -o mode=755 node-run /run")
+        self.hosts_file.write_text("127.0.0.1 localhost\n")
+        lines.append(f"mount --bind {shlex.quote(str(self.hosts_file))} /etc/hosts")
         lines.append("ip link set lo up")
         lines += [f"ip addr add {address}/32 dev lo" for address in self.addresses]
         lines += [f"ip route add {prefix} dev lo" for prefix in self.routes]
@@ -155,6 +160,11 @@ class NodeNamespace:
     def _is_mountpoint(path: Path) -> bool:
         with open("/proc/self/mountinfo") as mounts:
             return any(line.split()[4] == str(path) for line in mounts)
+
+    def add_host_name(self, name: str, address: str) -> None:
+        """Resolve ``name`` to ``address`` for every process in the namespace."""
+        with self.hosts_file.open("a") as hosts:  # in place: the bind mount holds this inode
+            hosts.write(f"{address} {name}\n")
 
     # --- joining -------------------------------------------------------------
 

@@ -11,12 +11,13 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from tests.e2e.admission_harness import call, expected_dockerconfig, read_pod
+from tests.e2e.admission_harness import call, create_pod, expected_dockerconfig, pod, read_pod
 from tests.support import eventually
 
 POD_TIMEOUT = 120.0
@@ -107,3 +108,56 @@ async def wait_pod_running(
                 f"Pod {namespace}/{name} is not Running: {await _describe(api, namespace, name)}"
             )
         await asyncio.sleep(0.25)
+
+
+async def wait_until_rewritten(
+    api: k8s.ApiClient, namespace: str, image: str, rewritten: str, *, timeout: float = 60
+) -> None:
+    """Until a dry-run Pod with ``image`` comes back with ``rewritten``.
+
+    The webhook's Pods are Ready before the API server can call it: until the
+    webhook has set its own caBundle and the API server's informer has the new
+    configuration, the calls fail and (failurePolicy Ignore) Pods go through
+    unchanged. A dry run has no side effects (no pull Secret is written for it).
+    """
+    probe = pod(f"ready-{uuid.uuid4().hex[:6]}", {"probe": image})
+
+    async def rewrites() -> bool:
+        answer = await create_pod(api, namespace, probe, dry_run=True)
+        return answer.status == 201 and answer.body["spec"]["containers"][0]["image"] == rewritten
+
+    await eventually(rewrites, timeout=timeout, what=f"the webhook to rewrite {image}")
+
+
+async def wait_pods_running(
+    api: k8s.ApiClient, namespace: str, selector: str, *, count: int, timeout: float = POD_TIMEOUT
+) -> list[dict[str, Any]]:
+    """Until ``count`` Pods match the label ``selector``, each Running and ready; those Pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await call(
+            api, "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": selector}
+        )
+        names = [p["metadata"]["name"] for p in answer.ok().get("items", [])]
+        if len(names) >= count:
+            left = max(deadline - time.monotonic(), 1.0)
+            return [await wait_pod_running(api, namespace, n, timeout=left) for n in names]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(names)} of {count} Pods {selector} in {namespace}")
+        await asyncio.sleep(0.25)
+
+
+async def delete_pull_secrets(api: k8s.ApiClient, name: str) -> None:
+    """Delete the webhook's pull Secret ``name`` from every namespace it wrote it to."""
+    answer = await call(
+        api,
+        "GET",
+        "/api/v1/secrets",
+        query={
+            "labelSelector": "app.kubernetes.io/managed-by=image-proxy-webhook",
+            "fieldSelector": f"metadata.name={name}",
+        },
+    )
+    for secret in answer.ok().get("items", []):
+        namespace = secret["metadata"]["namespace"]
+        await call(api, "DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}")
