@@ -17,11 +17,13 @@ import yaml
 
 from tests.image import rootfs
 from tests.image.build import REPO
-from tests.integration.registries import free_port
+from tests.support import free_port
 
 CONFIG_PATH = "/etc/image-proxy-webhook/config.yaml"  # where the chart mounts it
 POD_NAMESPACE = "image-proxy-webhook"
 START_TIMEOUT = 30.0
+PORT_ATTEMPTS = 3
+IN_USE = "Address already in use"
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,26 @@ def wait_healthy(server: Server) -> None:
 
 def start_server(unpacked: Unpacked, work: Path, extra_env: dict[str, str]) -> Server:
     """The image's default command with the example config mounted where the chart
-    mounts its ConfigMap, an emptyDir-like /tmp, and the Pod's POD_NAMESPACE."""
+    mounts its ConfigMap, an emptyDir-like /tmp, and the Pod's POD_NAMESPACE.
+
+    A port found free can be taken by another process's outgoing connection before
+    the server binds it (both come from the ephemeral range): the server then exits
+    with "Address already in use" and is started again on other ports."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        server = _spawn(unpacked, work, extra_env)
+        try:
+            wait_healthy(server)
+        except BaseException:
+            stop_server(server)
+            lost_port = server.process.returncode == 2 and IN_USE in server.log.read_text()
+            if lost_port and attempt < PORT_ATTEMPTS:
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
+def _spawn(unpacked: Unpacked, work: Path, extra_env: dict[str, str]) -> Server:
     port, health_port = free_port(), free_port()
     config = example_config(work / "config.yaml", port, health_port)
     tmp = rootfs.writable_dir(work / "tmp")
@@ -92,13 +113,7 @@ def start_server(unpacked: Unpacked, work: Path, extra_env: dict[str, str]) -> S
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server(process, port, health_port, tmp, log)
-    try:
-        wait_healthy(server)
-    except BaseException:
-        stop_server(server)
-        raise
-    return server
+    return Server(process, port, health_port, tmp, log)
 
 
 def stop_server(server: Server) -> None:
