@@ -2,8 +2,8 @@
 
 In a cluster: the Pod's service account. Elsewhere: the kubeconfig named by
 ``KUBECONFIG`` (read when the client is built, not when kubernetes_asyncio was
-imported), else ``~/.kube/config``. Neither is not an error in itself: on a laptop
-the webhook runs without a cluster, and the service says so in one line.
+imported), else ``~/.kube/config``. Having neither is no error in itself: on a
+laptop the webhook runs without a cluster, and the service says so in one line.
 """
 
 from __future__ import annotations

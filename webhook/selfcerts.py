@@ -412,7 +412,7 @@ async def start(
     settings: Settings, namespace: str, api: client.ApiClient | None
 ) -> SelfManagedTLS | None:
     """With ``selfManagedTLS`` configured: the Secret read or created through ``api`` (the
-    caller's, which it closes) and the serving pair written to server.certFile/keyFile;
+    caller's, closed by the caller) and the serving pair written to server.certFile/keyFile;
     None otherwise."""
     if settings.self_managed_tls is None:
         return None

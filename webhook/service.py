@@ -1,6 +1,7 @@
 """The running service: wires settings to the servers and owns their lifecycle.
 
-Start: the health port, certificates (self-managed ones first fetched or made), the
+Start: the health port, the Kubernetes API client (when self-managed TLS or the pull
+secrets need it), certificates (self-managed ones first fetched or made), the
 pull-secret manager, the probe stack, then the webhook port. SIGTERM: report not
 ready, drain the webhook port (see webhook/connections.py) within
 ``shutdownTimeoutSeconds``, then tear everything down in the reverse order of its
