@@ -5,6 +5,11 @@ sockets: a connection that never starts its TLS handshake, an idle TLS connectio
 one that sends half its headers (or drips them), more connections than
 ``server.maxConnections``, and a gzip bomb. Each is closed or refused as the settings
 say, and the server's descriptors stay bounded.
+
+Then one client (127.0.0.1) against the default table of 512 while another client
+(127.0.0.2) sends normal admissions: 600 idle TLS connections, 600 that send half
+their headers, and 512 kept busy with valid requests whose bodies drip. The other
+client's admissions are answered at once each time; the figures are printed.
 """
 
 from __future__ import annotations
