@@ -11,7 +11,11 @@ nothing random and ``helm template`` (Argo CD, Flux) gives the same output every
 - Then, every ``checkIntervalSeconds`` and at the renewal time: renew the serving
   certificate at two thirds of its life (the CA likewise), follow a renewal another
   replica made, and set the caBundle of the two webhook configurations when it
-  differs (a GitOps sync that re-applies them without one is repaired here).
+  differs.
+- Between checks, the two webhook configurations are watched: one created or replaced
+  without the caBundle (a chart that applies them after the Deployment, a GitOps sync
+  that replaces them) gets it back at once, not up to ``checkIntervalSeconds`` later,
+  while the API server could not call the webhook.
 - A renewed certificate is written to server.certFile/keyFile and handed to the
   CertificateReloader at once: new connections get it, open ones keep theirs.
 
@@ -27,7 +31,7 @@ import contextlib
 import datetime
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,8 @@ API_TIMEOUT_SECONDS = 10.0
 CONFLICT_ATTEMPTS = 5
 START_ATTEMPTS = 5
 RETRY_SECONDS = 10.0
+# The API server ends a watch after this long; it is opened again at once.
+WATCH_SECONDS = 300
 SECRET_KEYS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1"
 
@@ -206,7 +212,7 @@ class SelfManagedTLS:
         self.namespace = namespace
         self.paths = paths
         self.material: Material | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def _secret_path(self) -> str:
@@ -290,6 +296,17 @@ class SelfManagedTLS:
 
     # -- the webhook configurations --
 
+    def _configurations(self) -> list[tuple[str, str]]:
+        """(plural, name) of each webhook configuration this webhook keeps the caBundle of."""
+        return [
+            (plural, name)
+            for plural, name in (
+                ("mutatingwebhookconfigurations", self.settings.mutating_webhook_configuration),
+                ("validatingwebhookconfigurations", self.settings.validating_webhook_configuration),
+            )
+            if name
+        ]
+
     async def inject_ca_bundle(self, material: Material) -> None:
         """Set caBundle in every webhook of the two named configurations, when it differs.
 
@@ -297,12 +314,7 @@ class SelfManagedTLS:
         the next check tries again.
         """
         wanted = material.ca_bundle_b64
-        for plural, name in (
-            ("mutatingwebhookconfigurations", self.settings.mutating_webhook_configuration),
-            ("validatingwebhookconfigurations", self.settings.validating_webhook_configuration),
-        ):
-            if not name:
-                continue
+        for plural, name in self._configurations():
             path = f"{WEBHOOK_CONFIGURATIONS}/{plural}/{name}"
             for _ in range(CONFLICT_ATTEMPTS):
                 status, configuration = await self._call("GET", path)
@@ -331,6 +343,60 @@ class SelfManagedTLS:
                     )
             else:
                 raise SelfManagedTLSError(f"{plural} {name} kept changing while it was updated")
+
+    async def watch_configurations(self) -> None:
+        """Set the caBundle again whenever a configuration is added or modified, until
+        cancelled. Each watch starts without a resourceVersion, so the configuration's
+        current state arrives first as ADDED: nothing that changed while no watch was
+        open is missed."""
+        await asyncio.gather(
+            *(self._follow(plural, name) for plural, name in self._configurations())
+        )
+
+    async def _follow(self, plural: str, name: str) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async for event in self._events(plural, name):
+                    delay = 1.0
+                    if event in ("ADDED", "MODIFIED") and self.material is not None:
+                        await self.inject_ca_bundle(self.material)
+                continue  # the API server ended the watch (timeoutSeconds): open the next
+            except ApiException as exc:
+                problem = f"HTTP {exc.status} {exc.reason}"
+            except (SelfManagedTLSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                problem = str(exc) or type(exc).__name__
+            log.warning(
+                "watching %s %s: %s; watching again in %.0f s", plural, name, problem, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.check_interval_seconds)
+
+    async def _events(self, plural: str, name: str) -> AsyncIterator[str]:
+        """The type of each watch event on one configuration (by name: the chart's RBAC
+        grants list and watch of that name only)."""
+        response = await self.api.call_api(
+            f"{WEBHOOK_CONFIGURATIONS}/{plural}",
+            "GET",
+            query_params=[
+                ("watch", "true"),
+                ("fieldSelector", f"metadata.name={name}"),
+                ("timeoutSeconds", WATCH_SECONDS),
+            ],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=WATCH_SECONDS + API_TIMEOUT_SECONDS,
+        )
+        async with response:
+            async for line in response.content:
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object", {})
+                    raise SelfManagedTLSError(
+                        f"the watch ended: {status.get('code')} {status.get('message', '')}"
+                    )
+                yield str(event.get("type"))
 
     # -- the served files --
 
@@ -399,13 +465,17 @@ class SelfManagedTLS:
 
     def follow(self, reload: Callable[[], object]) -> None:
         """Run the checks in the background; ``reload`` loads a renewed pair."""
-        self._task = asyncio.create_task(self.run(reload), name="self-managed-tls")
+        self._tasks = [
+            asyncio.create_task(self.run(reload), name="self-managed-tls"),
+            asyncio.create_task(self.watch_configurations(), name="self-managed-tls-watch"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
 
 async def start(

@@ -121,7 +121,7 @@ def test_rbac_is_exactly_what_selfcerts_calls(render: RenderFn, validating: bool
     assert rules_of(cluster_role) == {
         ("admissionregistration.k8s.io", resource, verb, configuration)
         for resource, configuration in configurations
-        for verb in ("get", "update")
+        for verb in ("get", "update", "watch")
     }
     for kind, role_kind in (("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")):
         [binding] = [b for b in rendered.all(kind) if b["metadata"]["name"] == name]

@@ -211,11 +211,12 @@ class Identity:
 
 
 async def self_managed_certificates(
-    api: k8s.ApiClient, settings: config.Settings, namespace: str
+    api: k8s.ApiClient, settings: config.Settings, namespace: str, audited: Audited, username: str
 ) -> None:
     """tls.mode selfManaged (the default): what webhook/selfcerts.py does at start (create
     the certificate Secret, set the caBundle), then a reissue for a changed name (an
-    update of the Secret)."""
+    update of the Secret), and the watch of the webhook configurations until its first
+    event has been acted on (one more read of the configuration)."""
     tls_settings = settings.self_managed_tls
     assert tls_settings is not None
     paths = pki.CertPaths(Path(settings.server.cert_file), Path(settings.server.key_file))
@@ -225,6 +226,26 @@ async def self_managed_certificates(
         tls_settings, dns_names=(*tls_settings.dns_names, "renamed.example")
     )
     await certs.sync()
+
+    def reads() -> int:
+        return sum(
+            e["verb"] == "get"
+            and e.get("objectRef", {}).get("resource") == "mutatingwebhookconfigurations"
+            for e in audited.entries(username)
+        )
+
+    before = reads()
+    watch = asyncio.create_task(certs.watch_configurations())
+
+    async def acted_on() -> bool:
+        return reads() > before
+
+    try:
+        await eventually(acted_on, timeout=15, what="the watch's first event")
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
 
 
 @contextlib.asynccontextmanager
@@ -239,9 +260,16 @@ async def chart_identity(
     settings = config.parse(local_config(root, container))
     account = release.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     token = await service_account_token(kube, release.namespace, account)
+    username = f"system:serviceaccount:{release.namespace}:{account}"
     async with token_client(kube, token) as api:
         if settings.self_managed_tls is not None:
-            await self_managed_certificates(api, settings, release.namespace)
+            await self_managed_certificates(
+                api,
+                settings,
+                release.namespace,
+                audited,
+                f"system:serviceaccount:{release.namespace}:{account}",
+            )
         manager = pullsecrets.PullSecrets(
             api,
             settings,
@@ -251,7 +279,7 @@ async def chart_identity(
         identity = Identity(
             api,
             manager,
-            f"system:serviceaccount:{release.namespace}:{account}",
+            username,
             asyncio.create_task(manager.run(), name="pull-secrets"),
         )
         try:
@@ -405,15 +433,21 @@ async def test_listed_namespaces(audited: Audited, tmp_path: Path) -> None:
                 ("watch", "namespaces", "", ""),
                 ("get", "namespaces", "", stale),
             )
-            # The caBundle of its own webhook configuration only.
-            for verb in ("get", "update", "delete", "patch"):
+            # The caBundle of its own webhook configuration only: watched by name,
+            # never every configuration.
+            for verb, name in (
+                *((verb, "someone-else") for verb in ("get", "update", "delete", "patch")),
+                *((verb, "someone-else") for verb in ("list", "watch")),
+                ("list", ""),
+                ("watch", ""),
+            ):
                 assert not await can(
                     identity.api,
                     verb,
                     "mutatingwebhookconfigurations",
-                    name="someone-else",
+                    name=name,
                     group="admissionregistration.k8s.io",
-                ), verb
+                ), (verb, name)
             # The code itself, asked about a namespace outside the list, is refused
             # and says so in the admission warning.
             warning = await identity.manager.ensure(outside, 5)

@@ -508,6 +508,41 @@ async def test_gitops_sync_keeps_the_webhook_working(
         await wait_mutating(state)
 
 
+async def test_configurations_replaced_or_recreated_get_the_bundle_at_once(
+    kube_apiserver: KubeAPIServer, tmp_path: Path
+) -> None:
+    """With an hour between checks, the watch alone repairs the caBundle: of a
+    configuration replaced without it (a GitOps replace), and of one deleted and
+    created again after the webhook started (a chart that applies it after the
+    Deployment). Until then the API server cannot call the webhook at all."""
+    async with deployed(kube_apiserver, tmp_path, checkIntervalSeconds=3600) as state:
+        await state.start()
+        bundle = (await state.secret())["data"]["ca.crt"]
+        await wait_mutating(state)
+        configurations = [
+            doc
+            for doc in state.docs
+            if doc["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+        ]
+
+        async def restored() -> bool:
+            return await state.ca_bundles() == [bundle] * 2
+
+        for doc in configurations:
+            path = object_path(doc, state.system)
+            stored = (await call(state.admin, "GET", path)).ok()
+            replaced = {**doc, "metadata": {**doc["metadata"], **_version(stored)}}
+            (await call(state.admin, "PUT", path, replaced)).ok()
+        await eventually(restored, timeout=10, what="the watch to set the caBundle again")
+
+        for doc in configurations:
+            (await call(state.admin, "DELETE", object_path(doc, state.system))).ok()
+        await apply(state.admin, configurations, state.system)
+        await eventually(restored, timeout=10, what="the caBundle of the new configurations")
+        await wait_mutating(state)
+        assert "watching" not in state.webhook.log_text()
+
+
 def _version(stored: dict[str, Any]) -> dict[str, str]:
     return {"resourceVersion": stored["metadata"]["resourceVersion"]}
 
