@@ -9,6 +9,9 @@ Service's ready endpoints. The events:
   rolls every webhook Pod (a new ReplicaSet, one Pod at a time);
 - :func:`delete_pod`: one webhook Pod deleted with its grace period, as a drain
   or a scale-down does (preStop sleep, SIGTERM, the server's drain);
+- :class:`Drain`: every webhook Pod evicted, one after the other, as a node drain
+  does; the PodDisruptionBudget holds the second eviction back until a replacement
+  is Ready;
 - :func:`kill_container`: the webhook container of one Pod killed with SIGKILL
   through containerd, as the kernel's OOM killer would: no preStop, no drain, the
   kubelet restarts the container in the same Pod.
@@ -169,6 +172,30 @@ async def delete_pod(
 
 def replaced(before: Rollout, after: Rollout, target: str) -> bool:
     return target not in after.pods and len(set(before.pods) - set(after.pods)) == 1
+
+
+@dataclass
+class Drain:
+    """Evict every webhook Pod as ``kubectl drain`` does: through the Eviction API, which
+    the PodDisruptionBudget answers 429 while an eviction would leave no replica
+    available; a refused eviction is tried again (each second) until it is allowed."""
+
+    refused_by_budget: int = 0
+
+    async def evict_all(
+        self, release: WebhookRelease, api: k8s.ApiClient, before: Rollout, _: str
+    ) -> None:
+        for name in sorted(before.pods):
+            path = f"/api/v1/namespaces/{release.namespace}/pods/{name}/eviction"
+            eviction = {
+                "apiVersion": "policy/v1beta1",
+                "kind": "Eviction",
+                "metadata": {"name": name, "namespace": release.namespace},
+            }
+            while (answer := await call(api, "POST", path, eviction)).status == 429:
+                self.refused_by_budget += 1
+                await asyncio.sleep(1.0)
+            answer.ok()
 
 
 def kill_container(cluster: Cluster) -> Event:

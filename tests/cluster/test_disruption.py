@@ -8,8 +8,9 @@ created (dry run, see tests/cluster/podload.py) at a fixed rate across each even
 each create is counted as mutated, unmutated, refused, unanswered, and slow
 (over 2 s).
 
-- ``helm upgrade`` rolling every Pod, and one Pod deleted normally: nothing but
-  mutated creates, at both rates.
+- ``helm upgrade`` rolling every Pod, one Pod deleted normally, and every Pod
+  evicted as a node drain does (the PodDisruptionBudget holding the second
+  eviction back): nothing but mutated creates, at both rates.
 - One container SIGKILLed through containerd (an OOM kill): the API server may
   dial the dead Pod before its endpoint is removed, fail open on the mutating
   webhook, and the validating webhook then refuses the unrewritten Pod. A refused
@@ -47,6 +48,7 @@ from kubernetes_asyncio import client as k8s
 from bench import cluster as bench_cluster
 from tests.cluster.conftest import PROXY_DOMAIN, NodeRegistries, PushedImage, TinyImages
 from tests.cluster.disruption import (
+    Drain,
     Event,
     Measurement,
     Settled,
@@ -234,6 +236,17 @@ async def test_a_webhook_pod_deleted_normally_loses_no_pod(
         # the deleted Pod left the endpoints long before its preStop sleep ended
         assert m.endpoints_left_after, m.summary()
         assert max(m.endpoints_left_after.values()) < prestop, m.summary()
+
+
+@RATES
+async def test_a_node_drain_evicts_one_webhook_pod_at_a_time_and_loses_no_pod(
+    disrupt: Disrupt, rate: float
+) -> None:
+    drain = Drain()
+    assert_nothing_lost(await disrupt("drain", drain.evict_all, rolled, rate))
+    # the PodDisruptionBudget refused the second eviction while the first Pod's
+    # replacement was not yet Ready
+    assert drain.refused_by_budget > 0
 
 
 # --- 3. SIGKILL ----------------------------------------------------------------------------------
