@@ -79,8 +79,25 @@ class Metrics:
 
         self.pull_secrets_healthy = Gauge(
             "image_proxy_webhook_pull_secrets_healthy",
-            "1 when the last reconcile brought the pull secret current in every covered "
-            "namespace and the credentials could be read, else 0.",
+            "1 while the credentials can be read and no covered namespace's pull secret "
+            "is failing to be written, else 0.",
+            registry=r,
+        )
+        self.pull_secrets_present = Gauge(
+            "image_proxy_webhook_pull_secrets_present",
+            "Covered namespaces holding the current pull secret, as last seen by the watch.",
+            registry=r,
+        )
+        self.pull_secret_restores = Counter(
+            "image_proxy_webhook_pull_secret_restores",
+            "Pull secrets written back after someone else deleted or changed them.",
+            registry=r,
+        )
+        self.pull_secret_watch_restarts = Counter(
+            "image_proxy_webhook_pull_secret_watch_restarts",
+            "Watches of the pull secrets or namespaces started over, by resource and reason "
+            "(expired: listed again; error: resumed after a pause).",
+            ["resource", "reason"],
             registry=r,
         )
         self.open_connections = Gauge(

@@ -1,11 +1,13 @@
 """The pull secret in the cluster (docs/design.md §3), through kubernetes-asyncio.
 
-Before a Pod that needs the secret is admitted, ``ensure`` makes sure the secret
-exists and is current in its namespace. Namespaces already ensured for the current
-content are remembered for a while, so the API server is not asked on every Pod.
-A background loop keeps the secret current in every covered namespace, watches for
-new namespaces when ``namespaces`` is ``["*"]``, and re-applies everywhere when the
-license changes. The license ID is never logged.
+The manager keeps a copy of the pull secret of every covered namespace (and, with
+``namespaces: ["*"]``, of the namespaces), current by list + watch
+(webhook/reflector.py), and writes only where a covered namespace lacks the secret
+or holds another one: at start-up, when a watch reports a change (a secret deleted
+or edited by hand comes back at once), when a namespace is created, and when the
+license changes. Before a Pod that needs the secret is admitted, ``ensure`` looks at
+that copy and writes when the namespace lacks the current secret. The license ID is
+never logged.
 """
 
 from __future__ import annotations
@@ -13,30 +15,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
-import time
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachetools import TTLCache
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from webhook.config import Mode, Settings
 from webhook.metrics import Metrics
+from webhook.reflector import Object, Reflector
 
 log = logging.getLogger(__name__)
 
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 SECRET_KEY = ".dockerconfigjson"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "image-proxy-webhook"}
-ENSURED_TTL_SECONDS = 300.0
 API_TIMEOUT_SECONDS = 5.0
-RECONCILE_INTERVAL_SECONDS = 300.0
 CREDENTIALS_POLL_SECONDS = 10.0
+# Writes in flight at once from the background (start-up, a license change): enough
+# to fill the API server's pipeline, far below its default of 200 mutating requests.
+WRITERS = 16
+# Attempts at one namespace when its secret changes under the write (409).
+ATTEMPTS = 3
+# A namespace whose write failed is tried again after 1 s, doubling up to this.
+RETRY_MAX_SECONDS = 300.0
 # The user name sent with the license ID as password (docs/design.md §3): the
 # license ID is a credential, and a user name is logged where a password is not.
 LICENSE_USER = "LICENSE_ID"
@@ -99,26 +107,73 @@ def secret_body(settings: Settings, credentials: Credentials) -> dict[str, Any]:
     }
 
 
-def _v1(body: dict[str, Any]) -> client.V1Secret:
+def _v1(body: dict[str, Any], resource_version: str | None = None) -> client.V1Secret:
     metadata = body["metadata"]
     return client.V1Secret(
         api_version=body["apiVersion"],
         kind=body["kind"],
         type=body["type"],
-        metadata=client.V1ObjectMeta(name=metadata["name"], labels=metadata["labels"]),
+        metadata=client.V1ObjectMeta(
+            name=metadata["name"], labels=metadata["labels"], resource_version=resource_version
+        ),
         data=body["data"],
     )
 
 
-def _current(secret: Any, body: dict[str, Any]) -> bool:
-    data = getattr(secret, "data", None) or {}
-    return bool(
-        getattr(secret, "type", None) == SECRET_TYPE
-        and data.get(SECRET_KEY) == body["data"][SECRET_KEY]
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """The pull secret of one namespace as last seen: what it takes to compare it and
+    to write it back conditionally."""
+
+    type: str
+    content: str | None
+    uid: str
+    resource_version: str
+
+    def current(self, content: str) -> bool:
+        return self.type == SECRET_TYPE and self.content == content
+
+    def newer_than(self, other: Seen | None) -> bool:
+        """Whether this is a later version than ``other`` of the same object. The API
+        server's resourceVersions are etcd revisions; one that is not a number is
+        taken as newer."""
+        if other is None or other.uid != self.uid:
+            return True
+        try:
+            return int(self.resource_version) >= int(other.resource_version)
+        except ValueError:
+            return True
+
+
+def _seen_object(obj: Object) -> Seen:
+    metadata = obj.get("metadata") or {}
+    return Seen(
+        str(obj.get("type", "")),
+        (obj.get("data") or {}).get(SECRET_KEY),
+        str(metadata.get("uid", "")),
+        str(metadata.get("resourceVersion", "")),
     )
 
 
+def _seen_model(secret: Any) -> Seen | None:
+    metadata = getattr(secret, "metadata", None)
+    if metadata is None:
+        return None
+    return Seen(
+        str(getattr(secret, "type", "") or ""),
+        (getattr(secret, "data", None) or {}).get(SECRET_KEY),
+        str(metadata.uid or ""),
+        str(metadata.resource_version or ""),
+    )
+
+
+class KeptChanging(Exception):
+    """The secret changed under every attempt to write it (another writer)."""
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeptChanging):
+        return "the secret kept changing while it was written"
     if isinstance(exc, ApiException):
         return f"the API server answered {exc.status} {exc.reason}".rstrip()
     if isinstance(exc, TimeoutError):
@@ -127,7 +182,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class PullSecrets:
-    """Ensures the pull secret per namespace; the SecretEnsurer of the admission flow."""
+    """Keeps the pull secret current per namespace; the SecretEnsurer of the admission flow."""
 
     def __init__(
         self,
@@ -137,20 +192,30 @@ class PullSecrets:
         *,
         metrics: Metrics | None = None,
         webhook_namespace: str = "",
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.settings = settings
         self.read_credentials = credentials
         self.metrics = metrics
         self.webhook_namespace = webhook_namespace
         self._body: dict[str, Any] | None = None
-        self._ensured: TTLCache[str, str] = TTLCache(4096, ENSURED_TTL_SECONDS, timer=clock)
+        self._credentials_failing = False
+        # The pull secret of each namespace as last seen (absent: none there).
+        self._seen: dict[str, Seen] = {}
+        # With "*": every namespace, True while it is not being deleted.
+        self._namespaces: dict[str, bool] = {}
+        self._reflectors = self._follow()
+        self._listed: set[str] = set()  # reflectors that have listed at least once
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._failures: dict[str, int] = {}  # namespace -> writes failed in a row
+        self._restoring: set[str] = set()  # current once, changed by someone else since
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.healthy = True
         if metrics is not None:
             metrics.pull_secrets_healthy.set_function(lambda: float(self.healthy))
+            metrics.pull_secrets_present.set_function(lambda: float(self.present()))
 
     # -- the secret's content ------------------------------------------------
 
@@ -161,19 +226,51 @@ class PullSecrets:
 
     def refresh(self) -> bool:
         """Re-read the credentials; True when the secret's content changed."""
-        body = secret_body(self.settings, self.read_credentials())
+        try:
+            body = secret_body(self.settings, self.read_credentials())
+        except CredentialsError:
+            self._credentials_failing = True
+            raise
+        self._credentials_failing = False
         if body == self._body:
             return False
         self._body = body
-        self._ensured.clear()
         return True
+
+    @property
+    def healthy(self) -> bool:
+        """The credentials can be read and no covered namespace is failing its write."""
+        failing = any(self._covered(namespace) for namespace in self._failures)
+        return not self._credentials_failing and not failing
+
+    def present(self) -> int:
+        """Covered namespaces holding the current secret, as last seen."""
+        if self._body is None:
+            return 0
+        content = self._body["data"][SECRET_KEY]
+        return sum(
+            seen.current(content) and self._covered(namespace)
+            for namespace, seen in self._seen.items()
+        )
+
+    def _covered(self, namespace: str) -> bool:
+        if not self.settings.covers(namespace, self.webhook_namespace):
+            return False
+        return not self.settings.all_namespaces or self._namespaces.get(namespace, False)
+
+    def _covered_namespaces(self) -> list[str]:
+        if self.settings.all_namespaces:
+            names: Iterable[str] = self._namespaces
+        else:
+            names = self.settings.namespaces
+        return [name for name in names if self._covered(name)]
 
     # -- per admission -------------------------------------------------------
 
     async def ensure(self, namespace: str, timeout: float) -> str | None:
         """Make sure the secret is current in ``namespace``; a warning when it is not.
 
-        Never waits past ``timeout``: the apply keeps running in the background and
+        Never waits past ``timeout``: the write keeps running in the background and
         the Pod is admitted with a warning that names the problem.
         """
         name = self.settings.secret_name
@@ -182,14 +279,10 @@ class PullSecrets:
         except CredentialsError as exc:
             self._count("ensure", "credentials-error")
             return f"pull secret {name!r} not written in {namespace}: {exc}"
-        if self._ensured.get(namespace) == content:
+        seen = self._seen.get(namespace)
+        if seen is not None and seen.current(content):
             return None
-        task = self._inflight.get(namespace)
-        if task is None:
-            task = asyncio.create_task(self._apply(namespace), name=f"pull-secret {namespace}")
-            self._inflight[namespace] = task
-            self._tasks.add(task)
-            task.add_done_callback(lambda t: self._done(namespace, t))
+        task = self._start(namespace)
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(task)
@@ -202,154 +295,355 @@ class PullSecrets:
             return f"pull secret {name!r} could not be written in {namespace}: {_describe(exc)}"
         return None
 
+    def _start(self, namespace: str) -> asyncio.Task[None]:
+        """The write for ``namespace`` in flight, started when there is none."""
+        task = self._inflight.get(namespace)
+        if task is None:
+            task = asyncio.create_task(self._apply(namespace), name=f"pull-secret {namespace}")
+            self._inflight[namespace] = task
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._done(namespace, t))
+        return task
+
     def _done(self, namespace: str, task: asyncio.Task[None]) -> None:
         self._inflight.pop(namespace, None)
         self._tasks.discard(task)
         exc = None if task.cancelled() else task.exception()
-        if exc is not None:
-            if not isinstance(exc, ApiException):  # an error status is counted where it came
-                self._count("ensure", "timeout" if isinstance(exc, TimeoutError) else "unreachable")
-            log.warning(
-                "pull secret %s in %s: %s", self.settings.secret_name, namespace, _describe(exc)
-            )
+        if exc is None:
+            self._failures.pop(namespace, None)
+            return
+        self._failures[namespace] = self._failures.get(namespace, 0) + 1
+        if not isinstance(exc, ApiException | KeptChanging):  # counted where they came
+            self._count("ensure", "timeout" if isinstance(exc, TimeoutError) else "unreachable")
+        name = self.settings.secret_name
+        log.warning("pull secret %s in %s: %s", name, namespace, _describe(exc))
 
     async def _apply(self, namespace: str) -> None:
+        """Write the secret where it is missing or differs, from what was last seen;
+        when that turns out to be out of date (409), from a fresh read."""
         body = self.body()
-        name = self.settings.secret_name
-        timeout = API_TIMEOUT_SECONDS
-        try:
-            await self.core.create_namespaced_secret(namespace, _v1(body), _request_timeout=timeout)
-            self._count("create", "ok")
-            log.info("created pull secret %s in %s", name, namespace)
-        except ApiException as exc:
-            if exc.status != 409:
-                self._count("create", str(exc.status))
-                raise
-            existing = await self.core.read_namespaced_secret(
-                name, namespace, _request_timeout=timeout
-            )
-            if _current(existing, body):
-                self._count("check", "current")
-            elif getattr(existing, "type", None) != SECRET_TYPE:
-                await self._recreate(namespace, existing, body)
+        content = body["data"][SECRET_KEY]
+        seen = self._seen.get(namespace)
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                seen = await self._read(namespace)
+                if seen is not None and seen.current(content):
+                    self._count("check", "current")
+                    return
+            if seen is None:
+                written = await self._create(namespace, body)
+            elif seen.current(content):
+                return
+            elif seen.type != SECRET_TYPE:
+                written = await self._recreate(namespace, seen, body)
             else:
-                try:
-                    await self.core.replace_namespaced_secret(
-                        name, namespace, _v1(body), _request_timeout=timeout
-                    )
-                except ApiException as replace_exc:
-                    self._count("replace", str(replace_exc.status))
-                    raise
-                self._count("replace", "ok")
-                log.info("updated pull secret %s in %s", name, namespace)
-        self._ensured[namespace] = body["data"][SECRET_KEY]
+                written = await self._replace(namespace, seen, body)
+            if written is not None:
+                self._record(namespace, written)
+                if namespace in self._restoring:
+                    self._restoring.discard(namespace)
+                    if self.metrics is not None:
+                        self.metrics.pull_secret_restores.inc()
+                return
+        raise KeptChanging()
 
-    async def _recreate(self, namespace: str, existing: Any, body: dict[str, Any]) -> None:
+    def _record(self, namespace: str, seen: Seen) -> None:
+        """Remember a version written, unless the watch already brought a later one."""
+        if seen.newer_than(self._seen.get(namespace)):
+            self._seen[namespace] = seen
+
+    async def _read(self, namespace: str) -> Seen | None:
+        """The secret as it is now, read by a list of its name: the list the watch is
+        granted, not another permission."""
+        try:
+            listed = await self.core.list_namespaced_secret(
+                namespace,
+                field_selector=f"metadata.name={self.settings.secret_name}",
+                _request_timeout=API_TIMEOUT_SECONDS,
+            )
+        except ApiException as exc:
+            self._count("read", str(exc.status))
+            raise
+        items = getattr(listed, "items", None) or []
+        return _seen_model(items[0]) if items else None
+
+    async def _create(self, namespace: str, body: dict[str, Any]) -> Seen | None:
+        """The secret created; None when one exists already (409)."""
+        try:
+            created = await self.core.create_namespaced_secret(
+                namespace, _v1(body), _request_timeout=API_TIMEOUT_SECONDS
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                self._count("create", "conflict")
+                return None
+            self._count("create", str(exc.status))
+            raise
+        self._count("create", "ok")
+        log.info("created pull secret %s in %s", self.settings.secret_name, namespace)
+        return _seen_model(created) or Seen(SECRET_TYPE, body["data"][SECRET_KEY], "", "")
+
+    async def _replace(self, namespace: str, seen: Seen, body: dict[str, Any]) -> Seen | None:
+        """The secret updated in place, on the version seen; None when it changed
+        since (409), or is gone (404)."""
+        try:
+            replaced = await self.core.replace_namespaced_secret(
+                self.settings.secret_name,
+                namespace,
+                _v1(body, seen.resource_version or None),
+                _request_timeout=API_TIMEOUT_SECONDS,
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                self._count("replace", "conflict")
+                return None
+            self._count("replace", str(exc.status))
+            raise
+        self._count("replace", "ok")
+        log.info("updated pull secret %s in %s", self.settings.secret_name, namespace)
+        return _seen_model(replaced) or Seen(SECRET_TYPE, body["data"][SECRET_KEY], "", "")
+
+    async def _recreate(self, namespace: str, seen: Seen, body: dict[str, Any]) -> Seen | None:
         """Replace a secret of another type: ``type`` is immutable, so a PUT would be a 422.
 
-        The delete is conditional on the very object read, so a secret changed in
-        between is not removed unseen; the next admission looks again.
+        The delete is conditional on the very version seen, so a secret changed in
+        between is not removed unseen (409: None, and it is read again).
         """
         name = self.settings.secret_name
-        timeout = API_TIMEOUT_SECONDS
-        metadata = existing.metadata
         options = client.V1DeleteOptions(
             preconditions=client.V1Preconditions(
-                uid=metadata.uid, resource_version=metadata.resource_version
+                uid=seen.uid or None, resource_version=seen.resource_version or None
             )
         )
         try:
             await self.core.delete_namespaced_secret(
-                name, namespace, body=options, _request_timeout=timeout
+                name, namespace, body=options, _request_timeout=API_TIMEOUT_SECONDS
             )
-            await self.core.create_namespaced_secret(namespace, _v1(body), _request_timeout=timeout)
         except ApiException as exc:
+            if exc.status in (404, 409):
+                self._count("recreate", "conflict")
+                return None
             self._count("recreate", str(exc.status))
+            raise
+        self._seen.pop(namespace, None)
+        try:
+            created = await self.core.create_namespaced_secret(
+                namespace, _v1(body), _request_timeout=API_TIMEOUT_SECONDS
+            )
+        except ApiException as exc:
+            self._count("recreate", "conflict" if exc.status == 409 else str(exc.status))
+            if exc.status == 409:
+                return None
             raise
         self._count("recreate", "ok")
         log.warning(
             "pull secret %s in %s had type %s; recreated it as %s",
             name,
             namespace,
-            existing.type,
+            seen.type,
             SECRET_TYPE,
         )
+        return _seen_model(created) or Seen(SECRET_TYPE, body["data"][SECRET_KEY], "", "")
 
     def _count(self, action: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.pull_secret_operations.labels(action, result).inc()
 
+    # -- what the cluster holds: list + watch --------------------------------
+
+    def _follow(self) -> list[Reflector]:
+        """The watches: with "*", the namespaces and the pull secret in all of them (one
+        watch each); otherwise the pull secret in each listed namespace. By name, which
+        the chart's RBAC can grant alone (a label selector it cannot)."""
+        by_name = f"metadata.name={self.settings.secret_name}"
+        if self.settings.all_namespaces:
+            return [
+                Reflector(
+                    self.api,
+                    "/api/v1/namespaces",
+                    "",
+                    self._namespaces_listed,
+                    self._namespace_changed,
+                    lambda reason: self._restarted("namespaces", reason),
+                    "namespaces",
+                ),
+                Reflector(
+                    self.api,
+                    "/api/v1/secrets",
+                    by_name,
+                    lambda items: self._secrets_listed(None, items),
+                    self._secret_changed,
+                    lambda reason: self._restarted("secrets", reason),
+                    f"secrets {self.settings.secret_name}",
+                ),
+            ]
+        return [
+            Reflector(
+                self.api,
+                f"/api/v1/namespaces/{namespace}/secrets",
+                by_name,
+                functools.partial(self._secrets_listed, namespace),
+                self._secret_changed,
+                lambda reason: self._restarted("secrets", reason),
+                f"secret {self.settings.secret_name} in {namespace}",
+            )
+            for namespace in self.settings.namespaces
+            if self.settings.covers(namespace, self.webhook_namespace)
+        ]
+
+    def _restarted(self, resource: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.pull_secret_watch_restarts.labels(resource, reason).inc()
+
+    def _namespaces_listed(self, items: list[Object]) -> None:
+        self._namespaces = {
+            item["metadata"]["name"]: not item["metadata"].get("deletionTimestamp")
+            for item in items
+        }
+        self._was_listed("namespaces")
+        self._enqueue(self._covered_namespaces())
+
+    def _namespace_changed(self, kind: str, obj: Object) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self._namespaces.pop(name, None)
+            self._failures.pop(name, None)
+            return
+        self._namespaces[name] = not obj["metadata"].get("deletionTimestamp")
+        self._enqueue([name])
+
+    def _secrets_listed(self, scope: str | None, items: list[Object]) -> None:
+        """A fresh list: replaces what was seen (of one namespace, or of all)."""
+        listed = {item["metadata"]["namespace"]: _seen_object(item) for item in items}
+        if scope is None:
+            self._seen = listed
+        else:
+            self._seen.pop(scope, None)
+            self._seen.update(listed)
+        if self._was_listed(f"secrets {scope}") or scope is None:
+            self._enqueue(self._covered_namespaces())
+        else:
+            self._enqueue([scope])
+
+    def _secret_changed(self, kind: str, obj: Object) -> None:
+        namespace = obj["metadata"]["namespace"]
+        before = self._seen.get(namespace)
+        if kind == "DELETED":
+            self._seen.pop(namespace, None)
+        else:
+            self._seen[namespace] = _seen_object(obj)
+        after = self._seen.get(namespace)
+        if self._body is not None and before is not None:
+            content = self._body["data"][SECRET_KEY]
+            if before.current(content) and not (after is not None and after.current(content)):
+                self._restoring.add(namespace)
+        self._enqueue([namespace])
+
+    def _was_listed(self, reflector: str) -> bool:
+        """Note a list; True when it was the last of the first lists (every covered
+        namespace is then looked at: none was while something was still unlisted)."""
+        before = len(self._listed)
+        self._listed.add(reflector)
+        return before < len(self._reflectors) == len(self._listed)
+
+    def _enqueue(self, namespaces: list[str]) -> None:
+        """Queue namespaces to look at, once everything is listed (before that a
+        namespace that holds its secret could look like one that lacks it)."""
+        if len(self._listed) < len(self._reflectors):
+            return
+        random.shuffle(namespaces)  # replicas starting together meet rarely on one
+        for namespace in namespaces:
+            if namespace not in self._queued:
+                self._queued.add(namespace)
+                self._queue.put_nowait(namespace)
+
+    async def _writer(self) -> None:
+        while True:
+            namespace = await self._queue.get()
+            self._queued.discard(namespace)
+            if not self._covered(namespace) or self._body is None:
+                continue
+            seen = self._seen.get(namespace)
+            if seen is not None and seen.current(self._body["data"][SECRET_KEY]):
+                self._failures.pop(namespace, None)
+                continue
+            try:
+                await asyncio.shield(self._start(namespace))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged and counted when the write ended
+                failures = self._failures.get(namespace, 1)
+                delay = min(2.0 ** (failures - 1), RETRY_MAX_SECONDS)
+                self._later(namespace, delay * random.uniform(0.75, 1.0))
+
+    def _later(self, namespace: str, delay: float) -> None:
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            self._enqueue([namespace])
+
+        task = asyncio.create_task(again(), name=f"pull-secret retry {namespace}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- background ----------------------------------------------------------
 
-    async def _namespaces(self) -> list[str]:
-        if not self.settings.all_namespaces:
-            return list(self.settings.namespaces)
-        listed = await self.core.list_namespace(_request_timeout=API_TIMEOUT_SECONDS)
-        return [n.metadata.name for n in listed.items]
-
     async def reconcile(self) -> int:
-        """Apply the secret in every covered namespace; the number not brought current."""
-        failed = 0
-        for namespace in await self._namespaces():
-            if not self.settings.covers(namespace, self.webhook_namespace):
+        """List what the cluster holds now and bring every covered namespace current;
+        the number not brought current. (``run`` does this at start and then follows
+        the watches.)"""
+        lists = await asyncio.gather(
+            *(reflector.list() for reflector in self._reflectors), return_exceptions=True
+        )
+        for reflector, listed in zip(self._reflectors, lists, strict=True):
+            if isinstance(listed, BaseException):
+                if self.settings.all_namespaces or not isinstance(listed, Exception):
+                    raise listed
+                # one listed namespace: its write below reads what is there
+                log.warning("listing %s: %s", reflector.what, _describe(listed))
                 continue
-            # Look at the cluster, not at the memory of having written it: the secret
-            # may have been deleted or edited since.
-            self._ensured.pop(namespace, None)
-            if await self.ensure(namespace, API_TIMEOUT_SECONDS * 3) is not None:
-                failed += 1
-        self.healthy = failed == 0
+            reflector.replaced(listed[0])
+        content = self.body()["data"][SECRET_KEY]
+        stale = [
+            namespace
+            for namespace in self._covered_namespaces()
+            if not (namespace in self._seen and self._seen[namespace].current(content))
+        ]
+        failed = 0
+        limit = asyncio.Semaphore(WRITERS)
+
+        async def one(namespace: str) -> None:
+            nonlocal failed
+            async with limit:
+                try:
+                    await asyncio.shield(self._start(namespace))
+                except Exception:
+                    failed += 1
+
+        await asyncio.gather(*(one(namespace) for namespace in stale))
         return failed
 
     async def run(self) -> None:
-        """Keep the secret current: periodic reconcile, credential changes, new namespaces."""
-        watcher = (
-            asyncio.create_task(self._watch_namespaces(), name="namespace-watch")
-            if self.settings.all_namespaces
-            else None
-        )
-        next_reconcile = 0.0
-        loop = asyncio.get_running_loop()
+        """Keep the secret current until cancelled: the watches, the writers, and the
+        credentials read again every ``CREDENTIALS_POLL_SECONDS``."""
         try:
+            self.refresh()
+        except CredentialsError as exc:
+            log.warning("pull secret not written: %s", exc)
+        async with asyncio.TaskGroup() as group:
+            for reflector in self._reflectors:
+                group.create_task(reflector.run(), name=f"watch {reflector.what}")
+            for number in range(WRITERS):
+                group.create_task(self._writer(), name=f"pull-secret writer {number}")
             while True:
-                changed = False
-                first = self._body is None
+                await asyncio.sleep(CREDENTIALS_POLL_SECONDS)
                 try:
                     changed = self.refresh()
                 except CredentialsError as exc:
-                    self.healthy = False
                     log.warning("pull secret not refreshed: %s", exc)
-                if changed and not first:
-                    log.info("pull secret content changed: re-applying in every namespace")
-                if changed or loop.time() >= next_reconcile:
-                    try:
-                        await self.reconcile()
-                    except (ApiException, OSError, TimeoutError) as exc:
-                        self.healthy = False
-                        log.warning("pull secret reconcile failed: %s", _describe(exc))
-                    next_reconcile = loop.time() + RECONCILE_INTERVAL_SECONDS
-                await asyncio.sleep(CREDENTIALS_POLL_SECONDS)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-
-    async def _watch_namespaces(self) -> None:
-        while True:
-            try:
-                async with watch.Watch() as w:
-                    async for event in w.stream(self.core.list_namespace, timeout_seconds=300):
-                        if event["type"] != "ADDED":
-                            continue
-                        namespace = event["object"].metadata.name
-                        if self.settings.covers(namespace, self.webhook_namespace):
-                            await self.ensure(namespace, API_TIMEOUT_SECONDS * 3)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("namespace watch interrupted: %s; retrying", _describe(exc))
-                await asyncio.sleep(5)
+                    continue
+                if changed:
+                    log.info("pull secret content changed: writing it in every namespace")
+                    self._enqueue(self._covered_namespaces())
 
     async def close(self) -> None:
         for task in list(self._tasks):

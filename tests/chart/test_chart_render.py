@@ -537,7 +537,7 @@ def test_rbac_is_least_privilege(case: Rendered) -> None:
     secret = server_config.parse(yaml.safe_load(case.config_text)).secret_name
     # What webhook/pullsecrets.py calls; tests/e2e/test_rbac.py shows each is used.
     secret_rights = {("secrets", "create", "*")} | {
-        ("secrets", verb, secret) for verb in ("get", "update", "delete")
+        ("secrets", verb, secret) for verb in ("list", "watch", "update", "delete")
     }
     namespace_rights = {("namespaces", verb, "*") for verb in ("list", "watch")}
 

@@ -116,7 +116,8 @@ def status(code: int, reason: str, message: str) -> web.Response:
 
 
 class FakeKubeAPI:
-    """Just enough of /api/v1 for pull secrets, misbehaving per namespace.
+    """Just enough of /api/v1 for pull secrets (a list; a watch that ends at once),
+    misbehaving per namespace.
 
     my-app / other: a normal API server (created, then found current).
     stale: already holds the secret with other content (replaced).
@@ -177,12 +178,18 @@ class FakeKubeAPI:
             )
             self.secrets[namespace] = obj
             return web.json_response(obj, status=201)
+        if request.method == "GET" and name is None:
+            if request.query.get("watch") == "true":  # a watch with nothing to report
+                return web.Response(text="")
+            items = [existing] if existing is not None else []
+            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": items})
         if existing is None or name != SECRET_NAME:
             return status(404, "NotFound", f'secrets "{name}" not found')
         if request.method == "GET":
             return web.json_response(existing)
         if request.method == "PUT":
             obj = json.loads(text)
+            obj["metadata"].update({"namespace": namespace, "uid": f"uid-{namespace}"})
             self.secrets[namespace] = obj
             return web.json_response(obj)
         if request.method == "DELETE":

@@ -62,9 +62,10 @@ class FakeCoreV1:
 
     def __init__(self) -> None:
         self.created: list[str] = []
+        self.refused = {"team-b"}
 
     async def create_namespaced_secret(self, namespace: str, body: Any, **_: Any) -> None:
-        if namespace == "team-b":
+        if namespace in self.refused:
             raise ApiException(status=403, reason="Forbidden")
         self.created.append(namespace)
 
@@ -235,8 +236,8 @@ async def test_metrics_are_on_the_health_port_only(
 
 
 async def test_pull_secret_health_is_a_gauge() -> None:
-    """1 while every covered namespace has the current secret; 0 once a reconcile
-    leaves one without it (here the API server refuses team-b)."""
+    """1 while every covered namespace's secret can be written; 0 while one fails (here
+    the API server refuses team-b), 1 again once it is written."""
     metrics = Metrics()
     secrets = PullSecrets(
         cast(ApiClient, object()),
@@ -244,8 +245,17 @@ async def test_pull_secret_health_is_a_gauge() -> None:
         lambda: Credentials(((SETTINGS.proxy_domain, "lic", "lic"),)),
         metrics=metrics,
     )
-    secrets.core = FakeCoreV1()  # type: ignore[assignment]
+    core = FakeCoreV1()
+    secrets.core = core  # type: ignore[assignment]
     gauge = "image_proxy_webhook_pull_secrets_healthy"
     assert metrics.registry.get_sample_value(gauge) == 1.0
-    assert await secrets.reconcile() == 1
+    assert await secrets.ensure("my-app", 1.0) is None
+    assert await secrets.ensure("team-b", 1.0) == (
+        f"pull secret {SETTINGS.secret_name!r} could not be written in team-b: "
+        "the API server answered 403 Forbidden"
+    )
     assert metrics.registry.get_sample_value(gauge) == 0.0
+    core.refused.clear()
+    assert await secrets.ensure("team-b", 1.0) is None
+    assert metrics.registry.get_sample_value(gauge) == 1.0
+    assert core.created == ["my-app", "team-b"]

@@ -97,9 +97,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 RBAC rules for the pull secret, exactly the calls webhook/pullsecrets.py makes:
-create it (create cannot be limited by name); read, update, and delete only that
-one Secret (a Secret of another type is deleted and created again, because its
-type cannot be changed). tests/e2e/test_rbac.py checks each verb is used.
+create it (create cannot be limited by name); list and watch only that name (the
+webhook follows the secret by a fieldSelector on its name, which RBAC can limit,
+unlike a label selector), update and delete only that one Secret (a Secret of
+another type is deleted and created again, because its type cannot be changed).
+tests/e2e/test_rbac.py checks each verb is used.
 */}}
 {{- define "image-proxy-webhook.secretRules" -}}
 - apiGroups: [""]
@@ -108,5 +110,5 @@ type cannot be changed). tests/e2e/test_rbac.py checks each verb is used.
 - apiGroups: [""]
   resources: ["secrets"]
   resourceNames: [{{ include "image-proxy-webhook.pullSecretName" . | quote }}]
-  verbs: ["get", "update", "delete"]
+  verbs: ["list", "watch", "update", "delete"]
 {{- end }}
