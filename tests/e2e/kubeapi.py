@@ -148,6 +148,17 @@ class Processes:
                 )
         return None
 
+    def stop_one(self, name: str, timeout: float = 10) -> None:
+        """SIGTERM one process (SIGKILL after ``timeout``); its log stays open."""
+        process, _ = self.started.pop(name)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
     def tails(self) -> str:
         return "\n".join(f"--- tail of {log} ---\n{_tail(log)}" for _, log in self.started.values())
 
@@ -469,6 +480,20 @@ class KubeAPIServer:
         # JSON is YAML: kubectl, helm and kubernetes-asyncio all read it.
         path.write_text(json.dumps(config, indent=2) + "\n")
         path.chmod(0o600)
+
+    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
+        """Stop the API server alone (etcd keeps its data), leave it down for
+        ``down_seconds``, and start it again on the same port; return once ``/readyz``
+        is ok. Its clients see their connections and watches end, as on an upgrade."""
+        work = self._dir()
+        self.processes.stop_one("kube-apiserver")
+        time.sleep(down_seconds)
+        fixed, self.fixed_port = self.fixed_port, self.port
+        try:
+            self._start_apiserver(work)
+        finally:
+            self.fixed_port = fixed
+        self._wait_ready(time.monotonic() + self.startup_timeout)
 
     def stop(self) -> None:
         """Stop the API server, then etcd, and remove the work directory.
