@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import random
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 SECRET_KEY = ".dockerconfigjson"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "image-proxy-webhook"}
+# The digest of the content a replica wrote. A secret whose content matches it was
+# written by a replica, maybe one whose credentials are newer (a rotated license file
+# reaches each Pod's mount at its own moment): it is not overwritten at once (below).
+WRITTEN = "image-proxy-webhook/written-content"
+# How long another replica's write of other content is left alone, the credentials
+# read again meanwhile: the kubelet updates a mounted Secret within about two minutes.
+DEFER_SECONDS = 180.0
 API_TIMEOUT_SECONDS = 5.0
 CREDENTIALS_POLL_SECONDS = 10.0
 # Writes in flight at once from the background (start-up, a license change): enough
@@ -96,13 +104,23 @@ def read_credentials(settings: Settings) -> Credentials:
     )
 
 
+def fingerprint(content: str) -> str:
+    """What the annotation WRITTEN says of the content written: a digest, never the
+    content (whoever may read the annotation may read the secret anyway)."""
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
 def secret_body(settings: Settings, credentials: Credentials) -> dict[str, Any]:
     data = base64.b64encode(credentials.dockerconfigjson().encode()).decode()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": SECRET_TYPE,
-        "metadata": {"name": settings.secret_name, "labels": dict(MANAGED_BY)},
+        "metadata": {
+            "name": settings.secret_name,
+            "labels": dict(MANAGED_BY),
+            "annotations": {WRITTEN: fingerprint(data)},
+        },
         "data": {SECRET_KEY: data},
     }
 
@@ -114,7 +132,10 @@ def _v1(body: dict[str, Any], resource_version: str | None = None) -> client.V1S
         kind=body["kind"],
         type=body["type"],
         metadata=client.V1ObjectMeta(
-            name=metadata["name"], labels=metadata["labels"], resource_version=resource_version
+            name=metadata["name"],
+            labels=metadata["labels"],
+            annotations=metadata["annotations"],
+            resource_version=resource_version,
         ),
         data=body["data"],
     )
@@ -129,6 +150,7 @@ class Seen:
     content: str | None
     uid: str
     resource_version: str
+    by_replica: bool = False  # its content is what a replica wrote (WRITTEN matches)
 
     def current(self, content: str) -> bool:
         return self.type == SECRET_TYPE and self.content == content
@@ -145,13 +167,19 @@ class Seen:
             return True
 
 
+def _by_replica(content: str | None, annotations: dict[str, str] | None) -> bool:
+    return content is not None and (annotations or {}).get(WRITTEN) == fingerprint(content)
+
+
 def _seen_object(obj: Object) -> Seen:
     metadata = obj.get("metadata") or {}
+    content = (obj.get("data") or {}).get(SECRET_KEY)
     return Seen(
         str(obj.get("type", "")),
-        (obj.get("data") or {}).get(SECRET_KEY),
+        content,
         str(metadata.get("uid", "")),
         str(metadata.get("resourceVersion", "")),
+        _by_replica(content, metadata.get("annotations")),
     )
 
 
@@ -159,11 +187,13 @@ def _seen_model(secret: Any) -> Seen | None:
     metadata = getattr(secret, "metadata", None)
     if metadata is None:
         return None
+    content = (getattr(secret, "data", None) or {}).get(SECRET_KEY)
     return Seen(
         str(getattr(secret, "type", "") or ""),
-        (getattr(secret, "data", None) or {}).get(SECRET_KEY),
+        content,
         str(metadata.uid or ""),
         str(metadata.resource_version or ""),
+        _by_replica(content, metadata.annotations),
     )
 
 
@@ -211,6 +241,9 @@ class PullSecrets:
         self._queued: set[str] = set()
         self._failures: dict[str, int] = {}  # namespace -> writes failed in a row
         self._restoring: set[str] = set()  # current once, changed by someone else since
+        self._deferred: dict[str, float] = {}  # another replica's write seen first then
+        self._credentials_read = 0.0
+        self._superseded: set[str] = set()  # contents held before the current one
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         if metrics is not None:
@@ -234,6 +267,8 @@ class PullSecrets:
         self._credentials_failing = False
         if body == self._body:
             return False
+        if self._body is not None:
+            self._superseded.add(self._body["data"][SECRET_KEY])
         self._body = body
         return True
 
@@ -280,8 +315,8 @@ class PullSecrets:
             self._count("ensure", "credentials-error")
             return f"pull secret {name!r} not written in {namespace}: {exc}"
         seen = self._seen.get(namespace)
-        if seen is not None and seen.current(content):
-            return None
+        if seen is not None and (seen.current(content) or self._unknown_write(seen)):
+            return None  # there is a pull secret; the background settles whose
         task = self._start(namespace)
         try:
             async with asyncio.timeout(timeout):
@@ -329,6 +364,10 @@ class PullSecrets:
                 seen = await self._read(namespace)
                 if seen is not None and seen.current(content):
                     self._count("check", "current")
+                    return
+                if seen is not None and self._unknown_write(seen):
+                    self._seen[namespace] = seen
+                    self._enqueue([namespace])  # the writers leave it alone for a while
                     return
             if seen is None:
                 written = await self._create(namespace, body)
@@ -566,7 +605,13 @@ class PullSecrets:
             seen = self._seen.get(namespace)
             if seen is not None and seen.current(self._body["data"][SECRET_KEY]):
                 self._failures.pop(namespace, None)
+                self._deferred.pop(namespace, None)
+                if namespace not in self._inflight:  # put back by someone else
+                    self._restoring.discard(namespace)
                 continue
+            if seen is not None and self._defer(namespace, seen):
+                continue
+            self._deferred.pop(namespace, None)
             try:
                 await asyncio.shield(self._start(namespace))
             except asyncio.CancelledError:
@@ -575,6 +620,41 @@ class PullSecrets:
                 failures = self._failures.get(namespace, 1)
                 delay = min(2.0 ** (failures - 1), RETRY_MAX_SECONDS)
                 self._later(namespace, delay * random.uniform(0.75, 1.0))
+
+    def _unknown_write(self, seen: Seen) -> bool:
+        """Written, unedited since, by a replica, with content this one never held: maybe
+        from credentials newer than its own. (Content it held before is stale: its own
+        earlier write, or a replica's not yet rotated.)"""
+        current = self._body["data"][SECRET_KEY] if self._body is not None else None
+        return (
+            seen.by_replica
+            and seen.type == SECRET_TYPE
+            and seen.content != current
+            and seen.content not in self._superseded
+        )
+
+    def _defer(self, namespace: str, seen: Seen) -> bool:
+        """True while another replica's write of other content is left alone: the
+        credentials are read again (the other replica may have seen a rotated license
+        first), and only after DEFER_SECONDS is it overwritten. Without this, two
+        replicas a few seconds apart on a license change would undo each other's
+        writes until the second one read the new file."""
+        if not self._unknown_write(seen):
+            return False
+        now = asyncio.get_running_loop().time()
+        if now - self._credentials_read >= 1.0:
+            self._credentials_read = now
+            with contextlib.suppress(CredentialsError):
+                if self.refresh():
+                    log.info("pull secret content changed: writing it in every namespace")
+                    self._enqueue(self._covered_namespaces())
+        if seen.current(self.body()["data"][SECRET_KEY]):
+            return True  # current with the credentials just read
+        since = self._deferred.setdefault(namespace, now)
+        if now - since >= DEFER_SECONDS:
+            return False
+        self._later(namespace, DEFER_SECONDS - (now - since))
+        return True
 
     def _later(self, namespace: str, delay: float) -> None:
         async def again() -> None:

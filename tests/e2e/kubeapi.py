@@ -112,6 +112,18 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL what outlives ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Processes:
     """Server processes started for a test, each logging to a file of its own;
     stopped newest first."""
@@ -151,13 +163,7 @@ class Processes:
     def stop_one(self, name: str, timeout: float = 10) -> None:
         """SIGTERM one process (SIGKILL after ``timeout``); its log stays open."""
         process, _ = self.started.pop(name)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _terminate(process, timeout)
 
     def tails(self) -> str:
         return "\n".join(f"--- tail of {log} ---\n{_tail(log)}" for _, log in self.started.values())
@@ -165,14 +171,7 @@ class Processes:
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM each process, newest first; SIGKILL what outlives ``timeout``."""
         for process, _ in reversed(list(self.started.values())):
-            if process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _terminate(process, timeout)
         self.started.clear()
         for log in self._logs:
             log.close()

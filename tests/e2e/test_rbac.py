@@ -2,12 +2,12 @@
 
 The chart is installed with real Helm into a kube-apiserver of its own that writes
 an audit log of every request made by a ServiceAccount. The webhook's pull-secret
-manager (``webhook.pullsecrets.PullSecrets``, with its background loop: reconcile
-every covered namespace and, for ``["*"]``, watch for new ones) then runs as the
-chart's ServiceAccount, with a real token from the TokenRequest API, on the config
-the release stored. Each namespace starts in one of the states the code handles: no
-secret (create), a stale one (read, then update), one of another type (read, then
-delete and create), a current one (read only).
+manager (``webhook.pullsecrets.PullSecrets``, with its background loop: list and
+watch the pull secret by name, in each covered namespace or, for ``["*"]``, in all of
+them with the namespaces) then runs as the chart's ServiceAccount, with a real token
+from the TokenRequest API, on the config the release stored. Each namespace starts in
+one of the states the code handles: no secret (create), a stale one (update), one of
+another type (delete and create), a current one (nothing).
 
 With the default ``tls.mode: selfManaged`` the code of ``webhook.selfcerts`` runs first
 as the same identity: it creates its certificate Secret, sets the caBundle of the

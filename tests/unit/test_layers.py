@@ -40,6 +40,7 @@ LAYERS: Layers = (
             "visibility",
             "cluster",  # the cluster: the API server
             "pullsecrets",
+            "reflector",
             "selfcerts",
         ),
     ),
