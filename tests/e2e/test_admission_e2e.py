@@ -1003,7 +1003,7 @@ async def test_reconcile_restores_a_secret_deleted_or_changed_in_the_cluster(
     api: k8s.ApiClient,
     tag: str,
 ) -> None:
-    """The periodic reconcile looks at the cluster, not at what it remembers writing."""
+    """A reconcile lists the cluster, not what it remembers writing."""
     app, extra = f"app-{tag}", f"extra-{tag}"
     await namespaces(kube_apiserver, tag, app, extra)
     settings = Settings(app_slug="my-app", license_id=LICENSE, namespaces=(app, extra))
@@ -1198,8 +1198,7 @@ async def test_all_namespaces_secret_follows_new_namespaces(tmp_path: Path) -> N
                     return True
 
                 await eventually(lambda: written("existing", "default"), what="initial secrets")
-                # A namespace created afterwards is picked up by the watch, not the
-                # periodic reconcile (next one in minutes).
+                # A namespace created afterwards is picked up by the watch.
                 await kube.create_namespace("created-later")
                 await eventually(lambda: written("created-later"), timeout=10, what="watch")
                 secret = (await read_secret(api, "created-later", SECRET)).ok()
