@@ -145,7 +145,7 @@ def webhook_answer(cluster: Cluster, address: str, pod: dict[str, Any], namespac
 
 async def run(cluster: Cluster, work: Path, creates: int, rounds: int) -> dict[str, Any]:
     with ExitStack() as stack:
-        vendor = start_registry(cluster, "vendor", users={"vendor": "vendor-secret"})
+        vendor = start_registry(cluster, "bench-vendor", users={"bench": "bench-secret"})
         stack.callback(vendor.stop)
         archive = work / "app.tar"
         pause_image(archive, name=f"{vendor.domain}/team/app:v1", pause_binary=kube_binary("pause"))
