@@ -14,13 +14,6 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "reliability: the reliability and security suite")
-    config.addinivalue_line(
-        "markers", "slow: takes tens of seconds; deselect with -m 'not slow' for a quick run"
-    )
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(HERE):
