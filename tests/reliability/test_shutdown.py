@@ -128,43 +128,47 @@ async def post_on(
     context: ssl.SSLContext,
     tally: Tally,
     label: str,
-) -> None:
-    """One admission on the session's connection (reused while kept alive)."""
+) -> bool:
+    """One admission on the session's connection (reused while kept alive); whether
+    that connection ended (no answer, or one that said ``Connection: close``): the
+    session's next request then goes on a new connection."""
     body, uid = body_for(image)
     tally.sent += 1
     try:
         async with session.post(url, data=body, ssl=context) as response:
             text = await response.read()
             problem = check(response.status, text, uid)
-            if response.headers.get("Connection", "").lower() == "close":
+            closing = response.headers.get("Connection", "").lower() == "close"
+            if closing:
                 tally.closing[label].append(time.monotonic())
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, ConnectionRefusedError):
             tally.refused += 1
             if tally.first_refusal is None:
                 tally.first_refusal = time.monotonic()
-            return
+            return True
         if isinstance(exc.os_error, ConnectionResetError | ssl.SSLError):
             tally.dropped.append((label, uid, time.monotonic()))
-            return
+            return True
         tally.failures.append(f"{label}: {type(exc).__name__}: {exc}")
-        return
+        return True
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         if isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(
             exc.__cause__ or exc, ConnectionResetError
         ):
             tally.dropped.append((label, uid, time.monotonic()))
-            return
+            return True
         tally.failures.append(f"{label}: {type(exc).__name__}: {exc}")
-        return
+        return True
     except (aiohttp.ClientError, TimeoutError) as exc:
         tally.failures.append(f"{label}: {type(exc).__name__}: {exc}")
-        return
+        return True
     if problem is None:
         tally.answered[label] += 1
         tally.answered_uids.append(uid)
     else:
         tally.failures.append(f"{label}: {problem}")
+    return closing
 
 
 async def readiness(port: int, stop: asyncio.Event) -> list[tuple[float, int | None]]:
@@ -234,11 +238,16 @@ async def test_sigterm_drains_in_flight_admissions(tmp_path: Path, fakes: FakeTh
                     return
 
         async def kept_alive() -> None:
-            """One connection reused for request after request, as the API server does."""
+            """One connection reused for request after request, as the API server does.
+            A request on a connection that is new (the first, and the one after an
+            answer said close) is labelled "quick": like those, it may meet a listener
+            closing under it."""
             connector = aiohttp.TCPConnector(limit=1)
             async with aiohttp.ClientSession(connector=connector) as session:
+                label = "quick"
                 while not stream_stop.is_set():
-                    await post_on(session, url, "nginx:1.25", context, tally, "reused")
+                    ended = await post_on(session, url, "nginx:1.25", context, tally, label)
+                    label = "quick" if ended else "reused"
                     if tally.refused >= 3 * STREAMS:
                         return
 
